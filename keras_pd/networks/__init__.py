@@ -1,0 +1,17 @@
+"""Denoising networks: the official UNet, a residual MLP, and presets."""
+
+from keras_pd.networks.layers import AttentionBlock, ResBlock, timestep_embedding
+from keras_pd.networks.mlp import MLPDenoiser
+from keras_pd.networks.presets import PRESETS, get_preset, make_network
+from keras_pd.networks.unet import UNet
+
+__all__ = [
+    "AttentionBlock",
+    "MLPDenoiser",
+    "PRESETS",
+    "ResBlock",
+    "UNet",
+    "get_preset",
+    "make_network",
+    "timestep_embedding",
+]

@@ -1,0 +1,192 @@
+"""The diffusion model: a denoising network plus the paper's parameterization, weighting and
+schedule, trained with plain `compile()` + `fit()` on every backend (REFERENCE 1-3, 6).
+
+One `compute_loss` override holds the whole continuous-time training step: draw t ~ U[0, 1] and
+eps ~ N(0, I) from the model's own SeedGenerator, form z_t = alpha_t x + sigma_t eps, denoise, and
+weight the error.
+"""
+
+import keras
+from keras import ops
+
+from keras_pd.parameterization import Prediction, check_parameterization, predict, v_from_x_eps
+from keras_pd.schedules import (
+    LOGSNR_MAX,
+    LOGSNR_MIN,
+    alpha_sigma,
+    check_steps,
+    expand_to,
+    logsnr_cosine,
+    network_time,
+)
+from keras_pd.weighting import check_weighting, weighted_loss
+
+
+@keras.saving.register_keras_serializable(package="keras_pd")
+class DiffusionModel(keras.Model):
+    """A denoiser x_hat(z_t, lambda_t) with its training objective.
+
+    `fit(x)` or `fit((x, labels))` trains it; `call` passes its input through, since the random
+    draws and the network run in `compute_loss` (Keras calls the model before `compute_loss`).
+    Use `denoise` for one prediction and `keras_pd.samplers.Sampler` to sample.
+
+    Args:
+        network: a Keras layer called as `network(z, s, labels, training=...)` with s the
+            network time in [0, 1] (see `schedules.network_time`); outputs C channels
+            (2C for the "both" parameterization).
+        data_shape: shape of one example, e.g. (8, 8, 1) or (2,).
+        parameterization: "eps", "x", "v" or "both".
+        weighting: "snr", "truncated_snr", "snr_plus_one" or "constant".
+        num_classes: number of classes for a class-conditional model, else None.
+        flip: random horizontal flips of training images (a Keras RandomFlip layer).
+        logsnr_min: lambda at t = 1 of the truncated cosine schedule.
+        logsnr_max: lambda at t = 0.
+        seed: seed of the model's SeedGenerator (t and eps draws).
+    """
+
+    def __init__(self, network, data_shape, parameterization="x", weighting="truncated_snr",
+                 num_classes=None, flip=False, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX,
+                 seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.data_shape = tuple(int(d) for d in data_shape)
+        self.parameterization = check_parameterization(parameterization)
+        self.weighting = check_weighting(weighting)
+        self.num_classes = int(num_classes) if num_classes else None
+        self.flip = bool(flip)
+        if not logsnr_min < logsnr_max:
+            raise ValueError(f"logsnr_min ({logsnr_min}) must be below logsnr_max ({logsnr_max})")
+        self.logsnr_min = float(logsnr_min)
+        self.logsnr_max = float(logsnr_max)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.augment = keras.layers.RandomFlip("horizontal", seed=seed) if flip else None
+        self._build_network()
+
+    def _build_network(self):
+        z = ops.zeros((1,) + self.data_shape)
+        labels = ops.zeros((1,), "int32") if self.num_classes else None
+        self.network(z, ops.zeros((1,)), labels, training=False)
+        if self.augment is not None:
+            self.augment.build((None,) + self.data_shape)
+        self.built = True
+
+    def logsnr(self, t):
+        """lambda(t) of this model's truncated cosine schedule."""
+        return logsnr_cosine(t, self.logsnr_min, self.logsnr_max)
+
+    def check_input(self, z, name="z"):
+        """Raises ValueError naming `name` when z is not [B, *data_shape]."""
+        if tuple(z.shape[1:]) != self.data_shape:
+            raise ValueError(
+                f"{name} has shape {tuple(z.shape)}; this model was built for [batch, "
+                f"{', '.join(map(str, self.data_shape))}]"
+            )
+
+    def denoise(self, z, logsnr, labels=None, training=False, clip=False):
+        """Predicts x, eps and v from z_t at log-SNR lambda (REFERENCE 2).
+
+        Args:
+            z: z_t, [B, *data_shape].
+            logsnr: lambda_t, [B].
+            labels: int labels [B] for a class-conditional model, else None.
+            training: dropout on or off.
+            clip: clip x_hat to [-1, 1] and recompute eps_hat from it (sampling only).
+
+        Returns:
+            A `Prediction(x, eps, v)`.
+        """
+        self.check_input(z)
+        alpha, sigma = alpha_sigma(logsnr)
+        if self.num_classes:
+            if labels is None:
+                raise ValueError("labels are required: this model is class-conditional")
+            labels = ops.cast(labels, "int32")
+        else:
+            labels = None
+        output = self.network(z, network_time(logsnr), labels, training=training)
+        return predict(self.parameterization, output, z, expand_to(alpha, z), expand_to(sigma, z),
+                       clip=clip)
+
+    def call(self, inputs, training=False):
+        return inputs
+
+    def noise(self, x, t, eps):
+        """The forward process z_t = alpha_t x + sigma_t eps (REFERENCE 1).
+
+        Returns:
+            (z_t, lambda_t).
+        """
+        logsnr = self.logsnr(t)
+        alpha, sigma = alpha_sigma(logsnr)
+        return expand_to(alpha, x) * x + expand_to(sigma, x) * eps, logsnr
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The continuous-time denoising loss (REFERENCE 3, 6) for a batch x (labels y)."""
+        x = ops.convert_to_tensor(x, "float32")
+        self.check_input(x, "the training batch")
+        if self.augment is not None and training:
+            x = self.augment(x, training=True)
+        t = keras.random.uniform((ops.shape(x)[0],), seed=self.seed_generator)
+        eps = keras.random.normal(ops.shape(x), seed=self.seed_generator)
+        z, logsnr = self.noise(x, t, eps)
+        alpha, sigma = alpha_sigma(logsnr)
+        target = Prediction(x, eps, v_from_x_eps(x, eps, expand_to(alpha, x), expand_to(sigma, x)))
+        prediction = self.denoise(z, logsnr, labels=y, training=training)
+        loss = ops.mean(weighted_loss(self.weighting, prediction, target))
+        if self.losses:
+            loss = loss + ops.sum(self.losses)
+        return loss
+
+    def sample(self, noise, num_steps, sampler="ddim", gamma=0.0, labels=None, clip=True,
+               seed=None):
+        """Samples with N steps from starting noise; compiled on JAX and TensorFlow.
+
+        Args:
+            noise: z_1, [B, *data_shape] standard normal.
+            num_steps: N >= 1.
+            sampler: "ddim" or "ancestral".
+            gamma: ancestral variance interpolation.
+            labels: int [B] for class-conditional models.
+            clip: clip x_hat at each step.
+            seed: the ancestral sampler's seed.
+
+        Returns:
+            numpy samples, the shape of `noise`.
+        """
+        from keras_pd.samplers import Sampler
+
+        num_steps = check_steps(num_steps)
+        noise = ops.convert_to_tensor(noise, "float32")
+        self.check_input(noise, "noise")
+        key = (num_steps, sampler, float(gamma), bool(clip), seed)
+        cache = self.__dict__.setdefault("_samplers", {})
+        if key not in cache:
+            cache[key] = Sampler(self, num_steps, sampler, gamma, clip, seed)
+        inputs = {"noise": noise}
+        if self.num_classes:
+            if labels is None:
+                raise ValueError("labels are required: this model is class-conditional")
+            inputs["labels"] = ops.convert_to_tensor(labels, "int32")
+        return ops.convert_to_numpy(cache[key].predict_on_batch(inputs))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            network=keras.saving.serialize_keras_object(self.network),
+            data_shape=list(self.data_shape),
+            parameterization=self.parameterization,
+            weighting=self.weighting,
+            num_classes=self.num_classes,
+            flip=self.flip,
+            logsnr_min=self.logsnr_min,
+            logsnr_max=self.logsnr_max,
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        return cls(**config)

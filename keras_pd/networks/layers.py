@@ -1,0 +1,362 @@
+"""Building blocks of the diffusion networks, written with `keras.ops` only.
+
+The blocks follow the UNet of the official `diffusion_distillation` code
+(Salimans & Ho, 2022), itself derived from Improved DDPM / BigGAN:
+
+* `timestep_embedding`: sinusoidal embedding of the network time.
+* `ResBlock`: BigGAN-style residual block with optional up/down sampling
+  inside the block and the time embedding injected as
+  `GroupNorm(h) * (1 + scale) + shift`.
+* `AttentionBlock`: multi-head self-attention over the spatial positions,
+  with a zero-initialised output projection.
+
+All tensors are channels-last. The code avoids `x[:, None]` style indexing
+(it becomes Flex ops in TFLite) and uses `ops.reshape` / `ops.expand_dims`.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+# Epsilon of flax.linen.GroupNorm, used by the official code.
+GROUPNORM_EPSILON = 1e-6
+# Default kernel initializer of flax.linen Dense/Conv (variance scaling, fan-in).
+KERNEL_INIT = "lecun_normal"
+
+
+def num_groups(channels, max_groups=32):
+    """Number of GroupNorm groups for a channel count.
+
+    Args:
+        channels: int, number of channels.
+        max_groups: int, upper bound on the number of groups.
+
+    Returns:
+        The largest divisor of `channels` that is <= `max_groups`; this is
+        `min(32, channels)` whenever that divides `channels`.
+    """
+    groups = min(max_groups, int(channels))
+    while channels % groups:
+        groups -= 1
+    return groups
+
+
+def group_norm(channels, name=None):
+    """A `keras.layers.GroupNormalization` with the project's settings.
+
+    Args:
+        channels: int, number of channels of the normalised tensor.
+        name: optional layer name.
+
+    Returns:
+        An unbuilt `GroupNormalization` layer (channels-last).
+    """
+    return keras.layers.GroupNormalization(
+        groups=num_groups(channels), epsilon=GROUPNORM_EPSILON, name=name
+    )
+
+
+def timestep_embedding(t, dim, max_period=10000.0):
+    """Sinusoidal embedding of the network time.
+
+    As in the official code (tensor2tensor convention), the time is scaled by
+    1000 and embedded as `[sin(1000 t f_k), cos(1000 t f_k)]` with frequencies
+    `f_k = max_period ** (-k / (half - 1))`, `k = 0 .. half - 1`. An odd `dim`
+    is zero-padded by one column.
+
+    Args:
+        t: tensor of shape [B] (or [B, 1]), network time in [0, 1].
+        dim: int, embedding size.
+        max_period: float, controls the lowest frequency.
+
+    Returns:
+        Float32 tensor of shape [B, dim].
+    """
+    half = dim // 2
+    if half < 1:
+        raise ValueError(f"timestep_embedding needs dim >= 2, got dim={dim}.")
+    exponent = -math.log(max_period) / max(half - 1, 1)
+    freqs = np.exp(np.arange(half, dtype="float32") * exponent).astype("float32")
+    t = ops.reshape(ops.cast(t, "float32"), (-1,)) * 1000.0
+    args = ops.expand_dims(t, 1) * ops.expand_dims(ops.convert_to_tensor(freqs), 0)
+    emb = ops.concatenate([ops.sin(args), ops.cos(args)], axis=-1)
+    if dim % 2 == 1:
+        emb = ops.pad(emb, [[0, 0], [0, 1]])
+    return emb
+
+
+def upsample_nearest(x):
+    """Nearest-neighbour 2x upsampling of a [B, H, W, C] tensor.
+
+    Args:
+        x: tensor [B, H, W, C].
+
+    Returns:
+        Tensor [B, 2H, 2W, C].
+    """
+    x = ops.repeat(x, 2, axis=1)
+    return ops.repeat(x, 2, axis=2)
+
+
+def downsample_avg(x):
+    """2x2 average pooling (stride 2) of a [B, H, W, C] tensor.
+
+    Args:
+        x: tensor [B, H, W, C] with even H and W.
+
+    Returns:
+        Tensor [B, H/2, W/2, C].
+    """
+    return ops.average_pool(
+        x, pool_size=2, strides=2, padding="valid", data_format="channels_last"
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_pd")
+class ResBlock(keras.layers.Layer):
+    """BigGAN-style residual block conditioned on an embedding.
+
+    `h = swish(GN(x))`; optional resampling of both `h` and the skip `x`;
+    `h = conv3x3(h)`; `scale, shift = Dense(swish(emb))`;
+    `h = swish(GN(h) * (1 + scale) + shift)`; dropout; zero-initialised
+    `conv3x3`; the skip goes through a 1x1 conv when the channel count
+    changes. Returns `skip + h`, so the block is the identity (up to
+    resampling/projection of the skip) at initialisation.
+
+    Args:
+        out_channels: int or None, output channels (None: same as input).
+        resample: None, "up" (nearest 2x) or "down" (2x2 average pool).
+        dropout: float, dropout rate before the last conv.
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+    """
+
+    def __init__(self, out_channels=None, resample=None, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if resample not in (None, "up", "down"):
+            raise ValueError(
+                f"ResBlock resample must be None, 'up' or 'down'; got {resample!r}."
+            )
+        self.out_channels = None if out_channels is None else int(out_channels)
+        self.resample = resample
+        self.dropout = float(dropout)
+
+    def build(self, x_shape, emb_shape=None):
+        """Creates the sub-layers.
+
+        Args:
+            x_shape: shape of the input feature map, [B, H, W, C].
+            emb_shape: shape of the embedding, [B, E].
+        """
+        if len(x_shape) != 4:
+            raise ValueError(f"ResBlock expects a [B, H, W, C] input, got shape {x_shape}.")
+        if emb_shape is None:
+            raise ValueError("ResBlock needs the embedding: call it as block(x, emb).")
+        in_ch = int(x_shape[-1])
+        out_ch = in_ch if self.out_channels is None else self.out_channels
+        self._out_ch = out_ch
+        b, h, w = x_shape[0], x_shape[1], x_shape[2]
+        if self.resample == "up":
+            h, w = (None if h is None else 2 * h), (None if w is None else 2 * w)
+        elif self.resample == "down":
+            h, w = (None if h is None else h // 2), (None if w is None else w // 2)
+        self.norm1 = group_norm(in_ch, name="norm1")
+        self.norm1.build(x_shape)
+        self.conv1 = keras.layers.Conv2D(
+            out_ch, 3, padding="same", kernel_initializer=KERNEL_INIT, name="conv1"
+        )
+        self.conv1.build((b, h, w, in_ch))
+        self.temb_proj = keras.layers.Dense(
+            2 * out_ch, kernel_initializer=KERNEL_INIT, name="temb_proj"
+        )
+        self.temb_proj.build(tuple(emb_shape))
+        self.norm2 = group_norm(out_ch, name="norm2")
+        self.norm2.build((b, h, w, out_ch))
+        self.drop = keras.layers.Dropout(self.dropout, name="dropout")
+        self.conv2 = keras.layers.Conv2D(
+            out_ch,
+            3,
+            padding="same",
+            kernel_initializer="zeros",
+            bias_initializer="zeros",
+            name="conv2",
+        )
+        self.conv2.build((b, h, w, out_ch))
+        if in_ch != out_ch:
+            self.nin_shortcut = keras.layers.Conv2D(
+                out_ch, 1, kernel_initializer=KERNEL_INIT, name="nin_shortcut"
+            )
+            self.nin_shortcut.build((b, h, w, in_ch))
+        else:
+            self.nin_shortcut = None
+
+    def _resample(self, x):
+        if self.resample == "up":
+            return upsample_nearest(x)
+        if self.resample == "down":
+            return downsample_avg(x)
+        return x
+
+    def call(self, x, emb, training=None):
+        """Applies the block.
+
+        Args:
+            x: tensor [B, H, W, C].
+            emb: tensor [B, E], time (and class) embedding.
+            training: bool, enables dropout.
+
+        Returns:
+            Tensor [B, H', W', out_channels] with H' = 2H ("up"), H/2
+            ("down") or H.
+        """
+        h = ops.silu(self.norm1(x))
+        h = self._resample(h)
+        x = self._resample(x)
+        h = self.conv1(h)
+        emb_out = self.temb_proj(ops.silu(emb))
+        emb_out = ops.reshape(emb_out, (-1, 1, 1, 2 * self._out_ch))
+        scale, shift = ops.split(emb_out, 2, axis=-1)
+        h = self.norm2(h) * (1.0 + scale) + shift
+        h = ops.silu(h)
+        h = self.drop(h, training=training)
+        h = self.conv2(h)
+        if self.nin_shortcut is not None:
+            x = self.nin_shortcut(x)
+        return x + h
+
+    def compute_output_shape(self, x_shape, emb_shape=None):
+        """Output shape for a given input shape.
+
+        Args:
+            x_shape: input shape [B, H, W, C].
+            emb_shape: embedding shape (unused).
+
+        Returns:
+            Output shape tuple.
+        """
+        b, h, w, c = x_shape
+        out_ch = c if self.out_channels is None else self.out_channels
+        if self.resample == "up":
+            h, w = (None if h is None else 2 * h), (None if w is None else 2 * w)
+        elif self.resample == "down":
+            h, w = (None if h is None else h // 2), (None if w is None else w // 2)
+        return (b, h, w, out_ch)
+
+    def get_config(self):
+        """Returns the constructor arguments.
+
+        Returns:
+            A JSON-serialisable dict.
+        """
+        config = super().get_config()
+        config.update(
+            {
+                "out_channels": self.out_channels,
+                "resample": self.resample,
+                "dropout": self.dropout,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_pd")
+class AttentionBlock(keras.layers.Layer):
+    """Multi-head self-attention over the H*W positions, with a residual add.
+
+    `h = GN(x)`; q, k, v by a (fused) dense projection of the channels;
+    softmax(q k^T / sqrt(head_dim)) v per head; output projection
+    initialised to zero; returns `x + h` (the identity at initialisation).
+
+    Args:
+        num_heads: int or None, number of heads (default 1 when `head_dim`
+            is None). Ignored when `head_dim` is given.
+        head_dim: int or None, channels per head; the number of heads is
+            then `channels // head_dim`.
+        **kwargs: base `keras.layers.Layer` arguments.
+    """
+
+    def __init__(self, num_heads=None, head_dim=None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = None if num_heads is None else int(num_heads)
+        self.head_dim = None if head_dim is None else int(head_dim)
+
+    def build(self, x_shape):
+        """Creates the sub-layers.
+
+        Args:
+            x_shape: input shape [B, H, W, C].
+        """
+        if len(x_shape) != 4:
+            raise ValueError(
+                f"AttentionBlock expects a [B, H, W, C] input, got shape {x_shape}."
+            )
+        c = int(x_shape[-1])
+        if self.head_dim is not None:
+            if c % self.head_dim:
+                raise ValueError(
+                    f"AttentionBlock: channels {c} not divisible by head_dim {self.head_dim}."
+                )
+            heads, hd = c // self.head_dim, self.head_dim
+        else:
+            heads = 1 if self.num_heads is None else self.num_heads
+            if c % heads:
+                raise ValueError(
+                    f"AttentionBlock: channels {c} not divisible by num_heads {heads}."
+                )
+            hd = c // heads
+        self._channels, self._heads, self._hd = c, heads, hd
+        self.norm = group_norm(c, name="norm")
+        self.norm.build(x_shape)
+        self.qkv = keras.layers.Dense(3 * c, kernel_initializer=KERNEL_INIT, name="qkv")
+        self.qkv.build((None, None, c))
+        self.proj_out = keras.layers.Dense(
+            c, kernel_initializer="zeros", bias_initializer="zeros", name="proj_out"
+        )
+        self.proj_out.build((None, None, c))
+
+    def call(self, x):
+        """Applies the block.
+
+        Args:
+            x: tensor [B, H, W, C].
+
+        Returns:
+            Tensor [B, H, W, C].
+        """
+        c, heads, hd = self._channels, self._heads, self._hd
+        shape = ops.shape(x)
+        length = shape[1] * shape[2]
+        h = ops.reshape(self.norm(x), (-1, length, c))
+        qkv = self.qkv(h)  # [B, L, 3C]
+        qkv = ops.reshape(qkv, (-1, length, 3 * heads, hd))
+        qkv = ops.transpose(qkv, (0, 2, 1, 3))  # [B, 3*heads, L, hd]
+        q, k, v = ops.split(qkv, 3, axis=1)  # each [B, heads, L, hd]
+        q = q * (1.0 / math.sqrt(hd))
+        logits = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # [B, heads, L, L]
+        weights = ops.softmax(logits, axis=-1)
+        h = ops.matmul(weights, v)  # [B, heads, L, hd]
+        h = ops.reshape(ops.transpose(h, (0, 2, 1, 3)), (-1, length, c))
+        h = self.proj_out(h)
+        return x + ops.reshape(h, (-1, shape[1], shape[2], c))
+
+    def compute_output_shape(self, x_shape):
+        """Output shape (same as the input).
+
+        Args:
+            x_shape: input shape.
+
+        Returns:
+            The input shape.
+        """
+        return tuple(x_shape)
+
+    def get_config(self):
+        """Returns the constructor arguments.
+
+        Returns:
+            A JSON-serialisable dict.
+        """
+        config = super().get_config()
+        config.update({"num_heads": self.num_heads, "head_dim": self.head_dim})
+        return config

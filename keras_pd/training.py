@@ -1,0 +1,288 @@
+"""Teacher training as a resumable run: data -> DiffusionModel -> fit, with checkpoints.
+
+`train(TrainConfig(...), workdir)` is what `apps.train` calls. Running it again on the same
+workdir resumes from the newest checkpoint (weights, optimizer and EMA state, step counter,
+data order and noise RNG), losing at most one checkpoint interval.
+"""
+
+import dataclasses
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+from keras_pd import checkpoint as ckpt
+from keras_pd.data import BatchStream, load_dataset, save_grid_png
+from keras_pd.diffusion import DiffusionModel
+from keras_pd.networks import make_network
+from keras_pd.parameterization import check_parameterization, output_channels
+from keras_pd.schedules import check_steps
+from keras_pd.weighting import check_weighting
+
+# Per-dataset defaults: what a user gets when leaving --preset and sizes unset.
+DATASET_DEFAULTS = {
+    "digits": dict(preset="digits_mlp", train_steps=20000, batch_size=128, learning_rate=1e-3,
+                   ema_decay=0.999, sampling_steps=128),
+    "toy2d": dict(preset="toy2d", train_steps=4000, batch_size=256, learning_rate=1e-3,
+                  ema_decay=0.99, sampling_steps=64),
+    "mnist5k": dict(preset="mnist", train_steps=30000, batch_size=64, learning_rate=2e-4,
+                    ema_decay=0.999, sampling_steps=256),
+    "tfds:cifar10": dict(preset="cifar10", train_steps=800000, batch_size=128,
+                         learning_rate=2e-4, ema_decay=0.9999, sampling_steps=1024,
+                         weight_decay=0.001),
+}
+_FALLBACK_DEFAULTS = dict(preset=None, train_steps=100000, batch_size=128, learning_rate=2e-4,
+                          ema_decay=0.9999, sampling_steps=1024)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a teacher run. None means the dataset's default.
+
+    Attributes mirror `apps.train`'s flags; see docs/training.md.
+    """
+
+    dataset: str = "digits"
+    preset: str | None = None
+    parameterization: str = "x"
+    weighting: str = "truncated_snr"
+    train_steps: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: int = 1000
+    ema_decay: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float = 1.0
+    dropout: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 1000
+    sample_every: int = 5000
+    class_conditional: bool = False
+    sampling_steps: int | None = None
+    data_dir: str | None = None
+    download: bool = False
+
+    def resolved(self):
+        """A copy with dataset defaults filled in, validated."""
+        defaults = DATASET_DEFAULTS.get(self.dataset, _FALLBACK_DEFAULTS)
+        values = {k: (defaults.get(k, v) if v is None else v)
+                  for k, v in dataclasses.asdict(self).items()}
+        cfg = TrainConfig(**values)
+        if cfg.weight_decay is None:
+            cfg.weight_decay = 0.0
+        if cfg.preset is None:
+            raise ValueError(f"no default preset for dataset {cfg.dataset!r}: pass --preset")
+        check_parameterization(cfg.parameterization)
+        check_weighting(cfg.weighting)
+        for name in ("train_steps", "batch_size", "checkpoint_every", "sample_every",
+                     "sampling_steps"):
+            check_steps(getattr(cfg, name), name)
+        if cfg.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {cfg.learning_rate}")
+        if not 0.0 <= cfg.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {cfg.ema_decay}")
+        if cfg.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+        return cfg
+
+
+def build_teacher(cfg, dataset):
+    """The DiffusionModel for a resolved config and a loaded dataset."""
+    num_classes = dataset.num_classes if cfg.class_conditional else None
+    if cfg.class_conditional and not num_classes:
+        raise ValueError(f"dataset {dataset.name!r} has no labels: drop --class_conditional")
+    channels = dataset.data_shape[-1]
+    network = make_network(cfg.preset, dataset.data_shape,
+                           output_channels(cfg.parameterization, channels),
+                           num_classes=num_classes, dropout=cfg.dropout)
+    return DiffusionModel(network, dataset.data_shape, cfg.parameterization, cfg.weighting,
+                          num_classes=num_classes, flip=dataset.flip, seed=cfg.seed)
+
+
+def make_optimizer(learning_rate, warmup_steps=0, decay_steps=None, ema_decay=0.0,
+                   weight_decay=0.0, grad_clip=1.0):
+    """Adam(0.9, 0.999, 1e-8) with linear warmup, optional linear decay to 0, EMA and clipping.
+
+    Teachers: warmup then constant (REFERENCE 6). Distillation: no warmup, linear decay over the
+    round, no EMA (REFERENCE 5).
+    """
+    if decay_steps:
+        schedule = keras.optimizers.schedules.PolynomialDecay(
+            learning_rate, decay_steps, end_learning_rate=0.0, power=1.0)
+    elif warmup_steps:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=1, alpha=1.0, warmup_target=learning_rate,
+            warmup_steps=warmup_steps)
+    else:
+        schedule = learning_rate
+    cls = keras.optimizers.AdamW if weight_decay else keras.optimizers.Adam
+    kwargs = dict(weight_decay=weight_decay) if weight_decay else {}
+    return cls(learning_rate=schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+               global_clipnorm=grad_clip or None, use_ema=ema_decay > 0,
+               ema_momentum=ema_decay or 0.99, **kwargs)
+
+
+class RunCallback(keras.callbacks.Callback):
+    """Stops at the requested step; writes checkpoints, the downstream model, card and grids.
+
+    Args:
+        workdir: the run directory.
+        card: the model card (updated with the step count at each save).
+        start_step: the step the run (re)started from.
+        total_steps: stop after this many updates.
+        steps_per_epoch: updates between checkpoints.
+        sample_every: updates between sample grids (0: never).
+        sample_fn: callable(model, path) writing a sample grid.
+    """
+
+    def __init__(self, workdir, card, start_step, total_steps, steps_per_epoch, sample_every,
+                 sample_fn=None):
+        super().__init__()
+        self.workdir = workdir
+        self.card = card
+        self.start_step = start_step
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.sample_every = sample_every
+        self.sample_fn = sample_fn
+        self.manager = ckpt.CheckpointManager(os.path.join(workdir, "checkpoints"))
+        self._epoch0 = None
+        self._t0 = time.time()
+        self.wall_time = card.get("wall_time_s", 0.0)
+
+    def _step(self, epoch, batch):
+        return self.start_step + (epoch - self._epoch0) * self.steps_per_epoch + batch + 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._epoch0 is None:
+            self._epoch0 = epoch
+        self._epoch = epoch
+        self._batch = -1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batch = batch
+        if logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
+            self.model.stop_training = True
+            raise FloatingPointError(
+                f"loss is {logs['loss']} at step {self._step(self._epoch, batch)}; the last "
+                f"good checkpoint is kept. Lower --learning_rate or check the data.")
+        if self._step(self._epoch, batch) >= self.total_steps:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self._step(epoch, self._batch)
+        now = time.time()
+        self.wall_time += now - self._t0
+        self._t0 = now
+        self.card.update(steps_trained=int(step), wall_time_s=round(self.wall_time, 1))
+        if logs and "loss" in logs:
+            self.card["final_loss"] = float(logs["loss"])
+        self.manager.save(self.model, step, dict(seeds=ckpt.seed_states(self.model),
+                                                 card=self.card))
+        ckpt.save_model(self.workdir, self.model, self.card)
+        if self.sample_fn and self.sample_every and (
+                step // self.sample_every > (step - self._batch - 1) // self.sample_every
+                or step >= self.total_steps):
+            with ckpt.ema_weights(self.model):
+                self.sample_fn(self.model, os.path.join(self.workdir, "samples",
+                                                        f"step_{step:08d}.png"))
+
+
+def sample_grid(model, path, num_steps, seed=0, num=64):
+    """Writes a grid (or a scatter for vector data) of `num` DDIM samples to `path`."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((num,) + model.data_shape).astype("float32")
+    labels = (np.arange(num) % model.num_classes).astype("int32") if model.num_classes else None
+    samples = model.sample(noise, num_steps, labels=labels)
+    save_grid_png(samples, path)
+    return samples
+
+
+def _log_callbacks(workdir):
+    callbacks = [keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True)]
+    try:
+        import tensorflow  # noqa: F401  (TensorBoard's writer needs it, on any backend)
+
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"),
+                                                     write_graph=False))
+    except ImportError:
+        pass
+    return callbacks
+
+
+def card_for(cfg, dataset):
+    """The teacher's model card (REFERENCE 8: parameterization and schedule stored with it)."""
+    return dict(
+        kind="teacher", dataset=cfg.dataset, data_shape=list(dataset.data_shape),
+        num_classes=dataset.num_classes if cfg.class_conditional else None,
+        preset=cfg.preset, parameterization=cfg.parameterization, weighting=cfg.weighting,
+        schedule=dict(name="cosine", logsnr_min=-20.0, logsnr_max=20.0),
+        sampling_steps=cfg.sampling_steps, steps_trained=0, seed=cfg.seed,
+        config=dataclasses.asdict(cfg),
+    )
+
+
+# Fields that must agree between a workdir's checkpoint and the flags of a resumed run.
+_RESUME_KEYS = ("dataset", "preset", "parameterization", "weighting", "class_conditional")
+
+
+def train(config, workdir, verbose=1):
+    """Trains (or resumes) a teacher in `workdir`.
+
+    Args:
+        config: a TrainConfig.
+        workdir: the run directory; created if needed.
+        verbose: Keras progress bar level (0 silent, 1 bar, 2 line per checkpoint).
+
+    Returns:
+        The trained DiffusionModel (EMA weights are in workdir/model.keras).
+    """
+    cfg = config.resolved()
+    dataset = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
+                           seed=cfg.seed)
+    with ckpt.workdir_lock(workdir):
+        manager = ckpt.CheckpointManager(os.path.join(workdir, "checkpoints"))
+        card = card_for(cfg, dataset)
+        if manager.steps():
+            old = ckpt.read_card(workdir)
+            old_cfg = old.get("config", {})
+            for key in _RESUME_KEYS:
+                if key in old_cfg and old_cfg[key] != getattr(cfg, key):
+                    raise ckpt.CheckpointError(
+                        f"{workdir} holds a run with {key}={old_cfg[key]!r}, not "
+                        f"{getattr(cfg, key)!r}: use another --workdir")
+            if old.get("data_shape") != list(dataset.data_shape):
+                raise ckpt.CheckpointError(
+                    f"{workdir} holds a model for data shape {old.get('data_shape')}, "
+                    f"not {list(dataset.data_shape)}")
+        model = build_teacher(cfg, dataset)
+        model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
+                                               ema_decay=cfg.ema_decay,
+                                               weight_decay=cfg.weight_decay,
+                                               grad_clip=cfg.grad_clip))
+        model.optimizer.build(model.trainable_variables)
+        state = manager.restore(model)
+        start = 0
+        if state is not None:
+            ckpt.restore_seed_states(model, state["seeds"])
+            card = dict(state["card"])
+            card["config"] = dataclasses.asdict(cfg)
+            start = int(state["step"])
+        if start >= cfg.train_steps:
+            if verbose:
+                print(f"{workdir}: already trained for {start} steps")
+            return model
+        run_cb = RunCallback(
+            workdir, card, start, cfg.train_steps, cfg.checkpoint_every, cfg.sample_every,
+            lambda m, p: sample_grid(m, p, cfg.sampling_steps, seed=cfg.seed))
+        y = dataset.y if cfg.class_conditional else None
+        stream = BatchStream(dataset.x, y, cfg.batch_size, seed=cfg.seed, start_step=start)
+        initial_epoch = start // cfg.checkpoint_every
+        epochs = initial_epoch + math.ceil((cfg.train_steps - start) / cfg.checkpoint_every)
+        model.fit(stream.generator(), steps_per_epoch=cfg.checkpoint_every, epochs=epochs,
+                  initial_epoch=initial_epoch, verbose=verbose,
+                  callbacks=[run_cb] + _log_callbacks(workdir))
+    return model
+
