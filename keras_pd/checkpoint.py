@@ -114,9 +114,10 @@ def ema_weights(model):
         yield model
         return
     pairs = [(v, a) for v, a in zip(model.trainable_variables, averages) if a is not None]
-    saved = [v.numpy() if hasattr(v, "numpy") else keras.ops.convert_to_numpy(v) for v, _ in pairs]
+    # Copies through numpy: on JAX, sharing a buffer with a donated optimizer slot breaks fit.
+    saved = [keras.ops.convert_to_numpy(v) for v, _ in pairs]
     for v, a in pairs:
-        v.assign(a)
+        v.assign(keras.ops.convert_to_numpy(a))
     try:
         yield model
     finally:

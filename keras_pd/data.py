@@ -490,11 +490,12 @@ class BatchStream:
         """Returns a Python generator over this stream (for ``model.fit``).
 
         Returns:
-            A generator yielding ``next(self)`` forever; it advances
-            ``self.step``.
+            A generator yielding ``next(self)`` forever, as the tuple Keras wants:
+            ``(x,)`` or ``(x, y)``; it advances ``self.step``.
         """
         while True:
-            yield next(self)
+            batch = next(self)
+            yield batch if isinstance(batch, tuple) else (batch,)
 
 
 # ---------------------------------------------------------------------------

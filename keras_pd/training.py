@@ -135,10 +135,12 @@ class RunCallback(keras.callbacks.Callback):
         steps_per_epoch: updates between checkpoints.
         sample_every: updates between sample grids (0: never).
         sample_fn: callable(model, path) writing a sample grid.
+        artifact: the model written to workdir/model.keras (default: the model being fit; a
+            distillation run writes its student).
     """
 
     def __init__(self, workdir, card, start_step, total_steps, steps_per_epoch, sample_every,
-                 sample_fn=None):
+                 sample_fn=None, artifact=None):
         super().__init__()
         self.workdir = workdir
         self.card = card
@@ -147,6 +149,7 @@ class RunCallback(keras.callbacks.Callback):
         self.steps_per_epoch = steps_per_epoch
         self.sample_every = sample_every
         self.sample_fn = sample_fn
+        self.artifact = artifact
         self.manager = ckpt.CheckpointManager(os.path.join(workdir, "checkpoints"))
         self._epoch0 = None
         self._t0 = time.time()
@@ -181,13 +184,14 @@ class RunCallback(keras.callbacks.Callback):
             self.card["final_loss"] = float(logs["loss"])
         self.manager.save(self.model, step, dict(seeds=ckpt.seed_states(self.model),
                                                  card=self.card))
-        ckpt.save_model(self.workdir, self.model, self.card)
+        artifact = self.artifact or self.model
+        ckpt.save_model(self.workdir, artifact, self.card)
         if self.sample_fn and self.sample_every and (
                 step // self.sample_every > (step - self._batch - 1) // self.sample_every
                 or step >= self.total_steps):
             with ckpt.ema_weights(self.model):
-                self.sample_fn(self.model, os.path.join(self.workdir, "samples",
-                                                        f"step_{step:08d}.png"))
+                self.sample_fn(artifact, os.path.join(self.workdir, "samples",
+                                                      f"step_{step:08d}.png"))
 
 
 def sample_grid(model, path, num_steps, seed=0, num=64):
@@ -203,7 +207,8 @@ def sample_grid(model, path, num_steps, seed=0, num=64):
 def _log_callbacks(workdir):
     callbacks = [keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True)]
     try:
-        import tensorflow  # noqa: F401  (TensorBoard's writer needs it, on any backend)
+        import tensorboard  # noqa: F401  (TensorBoard's writer needs TF and it, on any backend)
+        import tensorflow  # noqa: F401
 
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"),
                                                      write_graph=False))
@@ -282,7 +287,7 @@ def train(config, workdir, verbose=1):
         initial_epoch = start // cfg.checkpoint_every
         epochs = initial_epoch + math.ceil((cfg.train_steps - start) / cfg.checkpoint_every)
         model.fit(stream.generator(), steps_per_epoch=cfg.checkpoint_every, epochs=epochs,
-                  initial_epoch=initial_epoch, verbose=verbose,
+                  initial_epoch=initial_epoch, verbose=verbose, shuffle=False,
                   callbacks=[run_cb] + _log_callbacks(workdir))
     return model
 

@@ -12,7 +12,7 @@ from keras_pd.networks.mlp import MLPDenoiser
 from keras_pd.networks.unet import UNet, check_unet_shape
 
 PRESETS = {
-    # Paper / official code (unconditional CIFAR-10, 32x32x3): ~ 60M parameters? see README.
+    # Paper / official code, unconditional CIFAR-10 32x32x3 (60.0M parameters).
     "cifar10": {
         "type": "unet",
         "ch": 256,
@@ -24,7 +24,7 @@ PRESETS = {
         "head_dim": None,
         "dropout": 0.2,
     },
-    # Class-conditional ImageNet 64x64.
+    # Class-conditional ImageNet 64x64 (295.9M parameters with 1000 classes).
     "imagenet64": {
         "type": "unet",
         "ch": 192,
@@ -36,7 +36,7 @@ PRESETS = {
         "head_dim": 64,
         "dropout": 0.1,
     },
-    # LSUN 128x128 (bedrooms, churches).
+    # LSUN 128x128 (bedrooms, churches; 139.6M parameters).
     "lsun128": {
         "type": "unet",
         "ch": 64,
@@ -48,19 +48,20 @@ PRESETS = {
         "head_dim": 64,
         "dropout": 0.1,
     },
-    # Small UNet for scikit-learn digits, 8x8x1 (32/64 channels at 8x8/4x4).
+    # Small UNet for scikit-learn digits, 8x8x1: 32 channels at 8x8 and 4x4
+    # (0.35M parameters; ch_mult (1, 2) would give 0.83M).
     "digits": {
         "type": "unet",
         "ch": 32,
         "emb_ch": 128,
-        "ch_mult": (1, 2),
+        "ch_mult": (1, 1),
         "num_res_blocks": 1,
         "attn_resolutions": (4,),
         "num_heads": 1,
         "head_dim": None,
         "dropout": 0.1,
     },
-    # Residual MLP on the 64 flattened pixels of the 8x8 digits.
+    # Residual MLP on the 64 flattened pixels of the 8x8 digits (1.19M parameters).
     "digits_mlp": {
         "type": "mlp",
         "width": 256,
@@ -68,7 +69,7 @@ PRESETS = {
         "emb_dim": 128,
         "dropout": 0.1,
     },
-    # UNet for MNIST 28x28x1 (28 -> 14 -> 7).
+    # UNet for MNIST 28x28x1 (28 -> 14 -> 7; 1.92M parameters).
     "mnist": {
         "type": "unet",
         "ch": 32,
@@ -80,7 +81,7 @@ PRESETS = {
         "head_dim": None,
         "dropout": 0.1,
     },
-    # Residual MLP for 2-D toy data.
+    # Residual MLP for 2-D toy data (0.23M parameters).
     "toy2d": {
         "type": "mlp",
         "width": 128,

@@ -1,0 +1,31 @@
+"""Sample a trained teacher or a distilled student.
+
+    python -m apps.sample --checkpoint=runs/digits/teacher --steps=128 --output=samples/teacher
+"""
+
+from apps import common
+from absl import flags
+
+from keras_pd.generate import generate
+
+flags.DEFINE_string("checkpoint", None, "Run directory: a teacher workdir or a student dir.",
+                    required=True)
+flags.DEFINE_integer("steps", None, "Sampling steps (default: the model card's).")
+flags.DEFINE_enum("sampler", "ddim", ["ddim", "ancestral"], "Sampler.")
+flags.DEFINE_float("gamma", 0.0, "Ancestral sampler variance interpolation g in [0, 1].")
+flags.DEFINE_integer("num_samples", 64, "Number of samples (without --noise_file).")
+flags.DEFINE_integer("seed", 0, "Seed of the starting noise.")
+flags.DEFINE_string("noise_file", None, ".npy with the starting noise [num, *data_shape].")
+flags.DEFINE_list("labels", None, "Class-conditional models: one label or one per sample.")
+flags.DEFINE_string("output", "samples", "Output prefix: writes PREFIX.png and PREFIX.npz.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    samples = generate(FLAGS.checkpoint, FLAGS.output, FLAGS.steps, FLAGS.sampler, FLAGS.gamma,
+                       FLAGS.num_samples, FLAGS.seed, FLAGS.noise_file, FLAGS.labels)
+    print(f"wrote {len(samples)} samples to {FLAGS.output}.png and {FLAGS.output}.npz")
+
+
+if __name__ == "__main__":
+    common.run(main)

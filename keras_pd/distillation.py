@@ -1,0 +1,316 @@
+"""Progressive distillation: the paper's Algorithm 2 and the cascade of rounds (REFERENCE 5).
+
+`distillation_target` is the equation; `DistillationModel` is one round's training step, a
+single `compute_loss` override on every backend; `distill` runs the cascade N0 -> N_end as
+resumable rounds, each student written to its own run directory.
+"""
+
+import dataclasses
+import math
+import os
+import time
+
+import keras
+from keras import ops
+
+from keras_pd import checkpoint as ckpt
+from keras_pd.data import BatchStream, load_dataset
+from keras_pd.diffusion import DiffusionModel
+from keras_pd.parameterization import prediction_from_x
+from keras_pd.samplers import ddim_step
+from keras_pd.schedules import alpha_sigma, check_steps, expand_to
+from keras_pd.training import RunCallback, make_optimizer, sample_grid
+from keras_pd.weighting import check_weighting, weighted_loss
+
+
+def check_power_of_two(n, name):
+    """Raises ValueError naming `name` unless n is a power of two (1, 2, 4, ...)."""
+    n = check_steps(n, name)
+    if n & (n - 1):
+        raise ValueError(f"{name} must be a power of two, got {n}")
+    return n
+
+
+def distillation_target(teacher_denoise, z_t, t, num_student_steps, logsnr_fn):
+    """The student's x target from two teacher DDIM steps (REFERENCE 5, Algorithm 2).
+
+    From z_t the teacher steps t -> t' = t - 0.5/N -> t'' = t - 1/N (unclipped). The target
+        x_tilde = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t)
+    is the x for which one student DDIM step t -> t'' lands on the teacher's z_t''. At the last
+    step (t'' = 0) the sampler returns x_hat, so the target is the teacher's x_hat at t'.
+
+    Args:
+        teacher_denoise: callable (z, logsnr [B]) -> Prediction, unclipped, inference mode.
+        z_t: [B, ...] noisy inputs at times t.
+        t: [B] student grid times i / N, i in 1..N.
+        num_student_steps: N.
+        logsnr_fn: the schedule t -> lambda.
+
+    Returns:
+        (x_tilde, z_t''), where z_t'' is the teacher's two-step result (its x_hat at the last step).
+    """
+    n = float(num_student_steps)
+    t1, t2 = t - 0.5 / n, t - 1.0 / n
+    lam_t, lam_1, lam_2 = logsnr_fn(t), logsnr_fn(t1), logsnr_fn(t2)
+    alpha_t, sigma_t = (expand_to(v, z_t) for v in alpha_sigma(lam_t))
+    alpha_1, sigma_1 = (expand_to(v, z_t) for v in alpha_sigma(lam_1))
+    alpha_2, sigma_2 = (expand_to(v, z_t) for v in alpha_sigma(lam_2))
+    z_1 = ddim_step(teacher_denoise(z_t, lam_t), alpha_1, sigma_1)
+    pred_1 = teacher_denoise(z_1, lam_1)
+    z_2 = ddim_step(pred_1, alpha_2, sigma_2)
+    ratio = sigma_2 / sigma_t
+    x_tilde = (z_2 - ratio * z_t) / (alpha_2 - ratio * alpha_t)
+    last = expand_to(ops.cast(t2 <= 0.0, "float32"), z_t)
+    x_tilde = last * pred_1.x + (1.0 - last) * x_tilde
+    z_2 = last * pred_1.x + (1.0 - last) * z_2
+    return ops.stop_gradient(x_tilde), ops.stop_gradient(z_2)
+
+
+def copy_model(model, dropout=None):
+    """A DiffusionModel with the same config and weights (dropout optionally overridden)."""
+    config = model.get_config()
+    if dropout is not None and "dropout" in config["network"].get("config", {}):
+        config["network"]["config"]["dropout"] = dropout
+    copy = DiffusionModel.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+@keras.saving.register_keras_serializable(package="keras_pd")
+class DistillationModel(keras.Model):
+    """One distillation round: a frozen teacher for 2N steps, a trainable student for N steps.
+
+    Trained with `compile()` + `fit(x)` (or `fit((x, labels))` when class-conditional);
+    `compute_loss` draws i ~ U{1..N}, eps, forms z_t, computes the teacher's target and weighs
+    the student's error (REFERENCE 5).
+
+    Args:
+        teacher: the DiffusionModel sampling well in 2N DDIM steps (frozen here).
+        student: the DiffusionModel being trained (initialised as a copy of the teacher).
+        student_steps: N, the student's step count.
+        weighting: loss weighting (truncated SNR by default, as the authors use).
+        seed: seed of the i and eps draws.
+    """
+
+    def __init__(self, teacher, student, student_steps, weighting="truncated_snr", seed=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if tuple(teacher.data_shape) != tuple(student.data_shape):
+            raise ValueError("teacher and student must have the same data shape")
+        if teacher.num_classes != student.num_classes:
+            raise ValueError("teacher and student must have the same classes")
+        self.teacher = teacher
+        self.teacher.trainable = False
+        self.student = student
+        self.student_steps = check_steps(student_steps, "student_steps")
+        self.weighting = check_weighting(weighting)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True
+
+    def call(self, inputs, training=False):
+        return inputs
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Algorithm 2's loss for a batch x (labels y for class-conditional models)."""
+        x = ops.convert_to_tensor(x, "float32")
+        self.student.check_input(x, "the training batch")
+        if self.student.augment is not None and training:
+            x = self.student.augment(x, training=True)
+        batch = ops.shape(x)[0]
+        n = self.student_steps
+        i = keras.random.randint((batch,), 1, n + 1, seed=self.seed_generator)
+        t = ops.cast(i, "float32") / float(n)
+        eps = keras.random.normal(ops.shape(x), seed=self.seed_generator)
+        z_t, logsnr = self.student.noise(x, t, eps)
+        labels = y if self.student.num_classes else None
+
+        def teacher_denoise(z, lam):
+            return self.teacher.denoise(z, lam, labels=labels, training=False, clip=False)
+
+        x_tilde, _ = distillation_target(teacher_denoise, z_t, t, n, self.student.logsnr)
+        alpha, sigma = (expand_to(v, x) for v in alpha_sigma(logsnr))
+        target = prediction_from_x(z_t, x_tilde, alpha, sigma)
+        prediction = self.student.denoise(z_t, logsnr, labels=labels, training=training)
+        return ops.mean(weighted_loss(self.weighting, prediction, target))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(teacher=keras.saving.serialize_keras_object(self.teacher),
+                      student=keras.saving.serialize_keras_object(self.student),
+                      student_steps=self.student_steps, weighting=self.weighting, seed=self.seed)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("teacher", "student"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    """Settings of a distillation cascade; attributes mirror `apps.distill`'s flags.
+
+    Attributes:
+        teacher_steps: N0, the teacher's step count (None: its card's `sampling_steps`).
+        end_steps: the last student's step count (None: one round, N0 / 2).
+        updates_per_round: optimizer updates in each round.
+        final_rounds_factor: multiplies the updates of the rounds to 2 and 1 steps (paper: 2).
+        learning_rate: Adam's rate at the start of each round, decayed linearly to 0.
+        batch_size: examples per update.
+        weighting: loss weighting.
+        dataset: training data (None: the teacher's).
+        seed: seed of data order and draws; round r uses seed + r.
+        checkpoint_every: updates between checkpoints.
+        grad_clip: clipping by global norm.
+    """
+
+    teacher_steps: int | None = None
+    end_steps: int | None = None
+    updates_per_round: int = 2000
+    final_rounds_factor: int = 1
+    learning_rate: float = 3e-4
+    batch_size: int = 128
+    weighting: str = "truncated_snr"
+    dataset: str | None = None
+    seed: int = 0
+    checkpoint_every: int = 500
+    grad_clip: float = 1.0
+    data_dir: str | None = None
+
+
+def student_dir(workdir, steps):
+    """Where the N-step student of a cascade lives."""
+    return os.path.join(workdir, f"student_{steps:04d}")
+
+
+def round_updates(cfg, steps):
+    """Updates for the round producing an N-step student."""
+    return cfg.updates_per_round * (cfg.final_rounds_factor if steps <= 2 else 1)
+
+
+def plan(cfg, teacher_card):
+    """The cascade's student step counts, N0/2 ... N_end, validated."""
+    n0 = check_power_of_two(cfg.teacher_steps or teacher_card.get("sampling_steps"),
+                            "teacher_steps")
+    if n0 < 2:
+        raise ValueError("teacher_steps must be at least 2 to distill")
+    end = check_power_of_two(cfg.end_steps if cfg.end_steps else n0 // 2, "end_steps")
+    if end >= n0:
+        raise ValueError(f"end_steps ({end}) must be below the teacher's steps ({n0})")
+    check_steps(cfg.updates_per_round, "updates_per_round")
+    check_steps(cfg.batch_size, "batch_size")
+    check_steps(cfg.checkpoint_every, "checkpoint_every")
+    check_steps(cfg.final_rounds_factor, "final_rounds_factor")
+    if cfg.learning_rate <= 0:
+        raise ValueError(f"learning_rate must be positive, got {cfg.learning_rate}")
+    check_weighting(cfg.weighting)
+    steps, out = n0 // 2, []
+    while steps >= end:
+        out.append(steps)
+        steps //= 2
+    return n0, out
+
+
+def _check_teacher_data(card, dataset):
+    if list(dataset.data_shape) != card["data_shape"]:
+        raise ckpt.CheckpointError(
+            f"teacher was trained on data of shape {card['data_shape']} ({card.get('dataset')}), "
+            f"dataset {dataset.name!r} has shape {list(dataset.data_shape)}")
+
+
+def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset, verbose=1):
+    """Trains (or resumes, or skips when complete) the N-step student of `teacher_dir`.
+
+    Returns:
+        The student's card.
+    """
+    teacher_card = ckpt.read_card(teacher_dir)
+    if os.path.exists(os.path.join(out_dir, ckpt.CARD_NAME)):
+        card = ckpt.read_card(out_dir)
+        if card.get("teacher") != os.path.abspath(teacher_dir) or (
+                card.get("sampling_steps") != student_steps):
+            raise ckpt.CheckpointError(
+                f"{out_dir} holds a {card.get('sampling_steps')}-step student of "
+                f"{card.get('teacher')}, not a {student_steps}-step student of "
+                f"{os.path.abspath(teacher_dir)}: use another --workdir")
+        if card.get("complete"):
+            return card
+    teacher, _ = ckpt.load_model(teacher_dir)
+    _check_teacher_data(teacher_card, dataset)
+    updates = round_updates(cfg, student_steps)
+    with ckpt.workdir_lock(out_dir):
+        student = copy_model(teacher, dropout=0.0)
+        model = DistillationModel(teacher, student, student_steps, cfg.weighting,
+                                  seed=cfg.seed + round_index)
+        model.compile(optimizer=make_optimizer(cfg.learning_rate, decay_steps=updates,
+                                               grad_clip=cfg.grad_clip))
+        model.optimizer.build(model.trainable_variables)
+        manager = ckpt.CheckpointManager(os.path.join(out_dir, "checkpoints"))
+        card = {k: teacher_card[k] for k in ("dataset", "data_shape", "num_classes", "preset",
+                                             "parameterization", "schedule")
+                if k in teacher_card}
+        card.update(kind="student", weighting=cfg.weighting, sampling_steps=student_steps,
+                    teacher=os.path.abspath(teacher_dir), teacher_steps=2 * student_steps,
+                    round=round_index, updates=updates, steps_trained=0, wall_time_s=0.0,
+                    complete=False, seed=cfg.seed, config=dataclasses.asdict(cfg))
+        state = manager.restore(model)
+        start = 0
+        if state is not None:
+            ckpt.restore_seed_states(model, state["seeds"])
+            card = dict(state["card"])
+            start = int(state["step"])
+        if start < updates:
+            if verbose:
+                print(f"round {round_index}: {2 * student_steps} -> {student_steps} steps, "
+                      f"updates {start}..{updates}")
+            run_cb = RunCallback(out_dir, card, start, updates, cfg.checkpoint_every,
+                                 sample_every=updates,
+                                 sample_fn=lambda m, p: sample_grid(m, p, student_steps,
+                                                                    seed=cfg.seed),
+                                 artifact=student)
+            y = dataset.y if student.num_classes else None
+            stream = BatchStream(dataset.x, y, cfg.batch_size, seed=cfg.seed + 1000 * round_index,
+                                 start_step=start)
+            initial_epoch = start // cfg.checkpoint_every
+            epochs = initial_epoch + math.ceil((updates - start) / cfg.checkpoint_every)
+            model.fit(stream.generator(), steps_per_epoch=cfg.checkpoint_every, epochs=epochs,
+                      initial_epoch=initial_epoch, verbose=verbose, shuffle=False,
+                      callbacks=[run_cb])
+            card = run_cb.card
+        card["complete"] = True
+        return ckpt.save_model(out_dir, student, card)
+
+
+def distill(teacher_dir, workdir, config=None, verbose=1):
+    """Runs the cascade from a teacher down to `config.end_steps`, resuming where it stopped.
+
+    Args:
+        teacher_dir: the teacher's run directory (its card gives N0 unless overridden).
+        workdir: where students go: workdir/student_NNNN for each step count.
+        config: a DistillConfig.
+        verbose: Keras progress level.
+
+    Returns:
+        List of (steps, student directory) for every round of the cascade.
+    """
+    cfg = config or DistillConfig()
+    teacher_card = ckpt.read_card(teacher_dir)
+    n0, rounds = plan(cfg, teacher_card)
+    dataset = load_dataset(cfg.dataset or teacher_card["dataset"], data_dir=cfg.data_dir,
+                           seed=cfg.seed)
+    _check_teacher_data(teacher_card, dataset)
+    previous, done = teacher_dir, []
+    first_round = int(teacher_card.get("round", 0)) + 1
+    for k, steps in enumerate(rounds):
+        out = student_dir(workdir, steps)
+        t0 = time.time()
+        card = distill_round(previous, out, steps, cfg, first_round + k, dataset, verbose)
+        if verbose:
+            print(f"{steps}-step student: {out} ({card['updates']} updates, "
+                  f"{time.time() - t0:.0f} s this call)")
+        done.append((steps, out))
+        previous = out
+    return done

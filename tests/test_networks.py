@@ -1,0 +1,241 @@
+"""Tests of keras_pd.networks (run once per KERAS_BACKEND, tiny configs)."""
+
+import numpy as np
+import pytest
+
+import keras
+from keras import ops
+
+from keras_pd.networks import (
+    PRESETS,
+    AttentionBlock,
+    MLPDenoiser,
+    ResBlock,
+    UNet,
+    make_network,
+    timestep_embedding,
+)
+
+B = 2
+
+
+def _np(x):
+    return ops.convert_to_numpy(x)
+
+
+def _tiny_unet(**kwargs):
+    cfg = dict(
+        out_channels=3,
+        ch=16,
+        emb_ch=32,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(4,),
+        num_heads=2,
+    )
+    cfg.update(kwargs)
+    return UNet(**cfg)
+
+
+def _inputs(shape=(8, 8, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((B,) + shape).astype("float32")
+    t = np.array([0.25, 0.75], dtype="float32")
+    labels = np.array([0, 2], dtype="int32")
+    return z, t, labels
+
+
+def _perturb(layer, seed=1, scale=0.1):
+    """Adds noise to every weight so that zero-initialised layers become active."""
+    rng = np.random.default_rng(seed)
+    for v in layer.weights:
+        v.assign(_np(v) + scale * rng.standard_normal(v.shape).astype("float32"))
+
+
+# ----------------------------------------------------------------- layers
+
+
+def test_timestep_embedding_values():
+    t = np.array([0.0, 0.5], dtype="float32")
+    emb = _np(timestep_embedding(t, 8))
+    assert emb.shape == (2, 8)
+    np.testing.assert_allclose(emb[0, :4], 0.0, atol=1e-6)  # sin(0)
+    np.testing.assert_allclose(emb[0, 4:], 1.0, atol=1e-6)  # cos(0)
+    # Highest frequency is 1: sin(1000 t).
+    np.testing.assert_allclose(emb[1, 0], np.sin(500.0), atol=1e-3)
+    assert _np(timestep_embedding(t, 7)).shape == (2, 7)
+
+
+def test_resblock_resampling_and_channels():
+    x = np.random.default_rng(0).standard_normal((B, 8, 8, 16)).astype("float32")
+    emb = np.ones((B, 32), dtype="float32")
+    down = ResBlock(resample="down")
+    assert tuple(down(x, emb).shape) == (B, 4, 4, 16)
+    up = ResBlock(out_channels=32, resample="up")
+    y = up(x, emb)
+    assert tuple(y.shape) == (B, 16, 16, 32)
+    assert up.nin_shortcut is not None and down.nin_shortcut is None
+    # At init the residual branch is zero: the "down" block is an average pool.
+    pooled = x.reshape(B, 4, 2, 4, 2, 16).mean(axis=(2, 4))
+    np.testing.assert_allclose(_np(down(x, emb)), pooled, atol=1e-5)
+    with pytest.raises(ValueError, match="resample"):
+        ResBlock(resample="sideways")
+
+
+def test_attention_block_identity_at_init_and_heads():
+    x = np.random.default_rng(0).standard_normal((B, 4, 4, 32)).astype("float32")
+    attn = AttentionBlock(head_dim=8)
+    np.testing.assert_allclose(_np(attn(x)), x, atol=1e-6)
+    assert attn._heads == 4
+    _perturb(attn)
+    y = _np(attn(x))
+    assert y.shape == x.shape and not np.allclose(y, x)
+    with pytest.raises(ValueError, match="num_heads"):
+        AttentionBlock(num_heads=3)(x)
+
+
+# ----------------------------------------------------------------- UNet
+
+
+def test_unet_shapes_and_zero_output_at_init():
+    z, t, _ = _inputs()
+    net = _tiny_unet(out_channels=6)
+    y = _np(net(z, t))
+    assert y.shape == (B, 8, 8, 6)
+    assert np.all(y == 0.0)  # zero-initialised output conv
+    kinds = [type(layer).__name__ for layer in net.down_layers + net.up_layers]
+    assert "AttentionBlock" in kinds  # attention at resolution 4
+    assert tuple(net.compute_output_shape((None, 8, 8, 3))) == (None, 8, 8, 6)
+
+
+def test_unet_depends_on_t_and_labels():
+    z, t, labels = _inputs()
+    net = _tiny_unet(num_classes=3)
+    y = _np(net(z, t, labels))
+    assert y.shape == (B, 8, 8, 3) and np.all(y == 0.0)
+    _perturb(net)
+    y0 = _np(net(z, t, labels))
+    y_t = _np(net(z, t + 0.1, labels))
+    y_l = _np(net(z, t, np.array([1, 1], dtype="int32")))
+    assert np.abs(y0).max() > 0
+    assert np.abs(y0 - y_t).max() > 1e-4
+    assert np.abs(y0 - y_l).max() > 1e-4
+    with pytest.raises(ValueError, match="labels"):
+        net(z, t)
+
+
+def test_unet_dropout_only_in_training():
+    z, t, _ = _inputs()
+    net = _tiny_unet(dropout=0.5)
+    net(z, t)
+    _perturb(net)
+    a, b = _np(net(z, t)), _np(net(z, t))
+    np.testing.assert_array_equal(a, b)
+    c = _np(net(z, t, training=True))
+    assert np.abs(a - c).max() > 1e-4
+
+
+def test_unet_wrong_shape_raises():
+    z, t, _ = _inputs()
+    net = _tiny_unet()
+    net(z, t)
+    z16, _, _ = _inputs((16, 16, 3))
+    with pytest.raises(ValueError, match=r"16, 16"):
+        net(z16, t)
+    with pytest.raises(ValueError, match=r"\(7, 7, 3\)"):
+        _tiny_unet().build((None, 7, 7, 3))  # not divisible by 2
+    with pytest.raises(ValueError, match="image_size"):
+        _tiny_unet(image_size=16).build((None, 8, 8, 3))
+
+
+def test_unet_config_round_trip():
+    z, t, labels = _inputs()
+    net = _tiny_unet(num_classes=3, head_dim=8, image_size=(8, 8), name="unet_rt")
+    net(z, t, labels)
+    _perturb(net)
+    config = net.get_config()
+    clone = UNet.from_config(config)
+    clone(z, t, labels)
+    clone.set_weights(net.get_weights())
+    np.testing.assert_allclose(_np(clone(z, t, labels)), _np(net(z, t, labels)), atol=1e-5)
+    assert clone.get_config() == config
+    # Through keras.saving's generic (de)serialisation, too.
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(net))
+    assert isinstance(restored, UNet) and restored.get_config() == config
+
+
+def test_unet_saves_in_keras_model(tmp_path):
+    z, t, _ = _inputs()
+    z_in = keras.Input((8, 8, 3))
+    t_in = keras.Input(())
+    net = _tiny_unet(num_heads=1)
+    model = keras.Model([z_in, t_in], net(z_in, t_in))
+    _perturb(net)
+    path = str(tmp_path / "unet.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(_np(loaded([z, t])), _np(model([z, t])), atol=1e-5)
+
+
+# ----------------------------------------------------------------- MLP
+
+
+def test_mlp_shapes_zero_init_and_conditioning():
+    rng = np.random.default_rng(0)
+    _, t, labels = _inputs()
+    x = rng.standard_normal((B, 5)).astype("float32")
+    net = MLPDenoiser(out_dim=10, width=32, num_blocks=2, emb_dim=16, num_classes=3)
+    y = _np(net(x, t, labels))
+    assert y.shape == (B, 10) and np.all(y == 0.0)
+    _perturb(net)
+    y0 = _np(net(x, t, labels))
+    assert np.abs(y0 - _np(net(x, t + 0.1, labels))).max() > 1e-4
+    assert np.abs(y0 - _np(net(x, t, np.array([1, 1], dtype="int32")))).max() > 1e-4
+    with pytest.raises(ValueError, match=r"\(2, 6\)"):
+        net(np.zeros((B, 6), dtype="float32"), t, labels)
+
+
+def test_mlp_on_images_and_round_trip():
+    z, t, _ = _inputs((8, 8, 1))
+    net = MLPDenoiser(out_dim=2, width=32, num_blocks=2, emb_dim=16)
+    assert tuple(net(z, t).shape) == (B, 8, 8, 2)
+    _perturb(net)
+    clone = MLPDenoiser.from_config(net.get_config())
+    clone(z, t)
+    clone.set_weights(net.get_weights())
+    np.testing.assert_allclose(_np(clone(z, t)), _np(net(z, t)), atol=1e-5)
+
+
+# ----------------------------------------------------------------- presets
+
+
+def test_small_presets_build_and_run():
+    z, t, labels = _inputs((8, 8, 1))
+    for name in ("digits", "digits_mlp"):
+        net = make_network(name, (8, 8, 1), 2, num_classes=10)
+        assert net.dropout == PRESETS[name]["dropout"]
+        assert tuple(net(z, t, labels).shape) == (B, 8, 8, 2)
+        if name == "digits":
+            assert 0.2e6 < net.count_params() < 0.5e6
+    assert make_network("digits", (8, 8, 1), 1, dropout=0.0, build=False).dropout == 0.0
+    toy = make_network("toy2d", (2,), 2)
+    assert tuple(toy(z[:, 0, :2, 0], t).shape) == (B, 2)
+    assert isinstance(make_network("mnist", (28, 28, 1), 1, build=False), UNet)
+
+
+def test_preset_errors():
+    with pytest.raises(ValueError, match="no_such_net") as info:
+        make_network("no_such_net", (8, 8, 1), 1)
+    assert "cifar10" in str(info.value)
+    with pytest.raises(ValueError, match=r"\(28, 30, 1\)"):
+        make_network("cifar10", (28, 30, 1), 1)  # 30 not divisible by 4
+    with pytest.raises(ValueError, match=r"\(64,\)"):
+        make_network("digits", (64,), 1)
+
+
+@pytest.mark.slow
+def test_cifar10_preset_param_count():
+    net = make_network("cifar10", (32, 32, 3), 3)
+    # Paper-scale network: 60.0M parameters with this implementation.
+    assert 35e6 < net.count_params() < 65e6
+    assert net.dropout == 0.2
