@@ -1,0 +1,127 @@
+"""The command-line apps, run as a user runs them: subprocesses on this backend."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_app(app, *flags, check=True, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-m", f"apps.{app}", *flags], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"apps.{app} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def card(path):
+    with open(os.path.join(path, "card.json")) as f:
+        return json.load(f)
+
+
+TINY = ["--dataset=toy2d", "--batch_size=64", "--warmup_steps=10", "--sampling_steps=8",
+        "--checkpoint_every=20", "--sample_every=40"]
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("apps") / "teacher")
+    run_app("train", f"--workdir={workdir}", "--train_steps=40", *TINY)
+    return workdir
+
+
+def test_train_writes_model_card_samples_and_logs(tiny_teacher):
+    c = card(tiny_teacher)
+    assert c["steps_trained"] == 40 and c["parameterization"] == "x"
+    assert c["data_shape"] == [2] and c["sampling_steps"] == 8 and c["kind"] == "teacher"
+    for name in ("model.keras", "log.csv", "samples/step_00000040.png"):
+        assert os.path.exists(os.path.join(tiny_teacher, name)), name
+    assert not [f for f in os.listdir(tiny_teacher) if f.startswith(".tmp")]
+
+
+def test_sample_app_is_reproducible_from_a_noise_file(tiny_teacher, tmp_path):
+    noise = np.random.default_rng(0).standard_normal((10, 2)).astype("float32")
+    np.save(tmp_path / "noise.npy", noise)
+    for name in ("a", "b"):
+        run_app("sample", f"--checkpoint={tiny_teacher}", f"--noise_file={tmp_path}/noise.npy",
+                f"--output={tmp_path}/{name}")
+    a, b = (np.load(tmp_path / f"{n}.npz")["samples"] for n in "ab")
+    assert a.shape == (10, 2) and np.array_equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1
+    assert os.path.exists(tmp_path / "a.png")
+
+
+def test_killed_training_resumes_where_it_stopped(tmp_path):
+    workdir = str(tmp_path / "run")
+    flags = [f"--workdir={workdir}", "--train_steps=200", *TINY]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen([sys.executable, "-m", "apps.train", *flags], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckdir = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(ckdir) and any(f.endswith(".json") and "00000040" <= f[5:13]
+                                        for f in os.listdir(ckdir)):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = card(workdir)["steps_trained"]
+    assert 40 <= killed_at < 200, killed_at
+    run_app("train", *flags)
+    assert card(workdir)["steps_trained"] == 200
+    # The rerun logged only the epochs after the checkpoint: it continued, not restarted.
+    with open(os.path.join(workdir, "log.csv")) as f:
+        epochs = [int(line.split(",")[0]) for line in f if line[0].isdigit()]
+    assert epochs[-1] == 9 and len(epochs) <= 10 + 1
+
+
+def test_distill_app_cascade_and_sampling(tiny_teacher, tmp_path):
+    out = str(tmp_path / "students")
+    run_app("distill", f"--teacher={tiny_teacher}", f"--workdir={out}", "--end_steps=2",
+            "--updates_per_round=20", "--checkpoint_every=10", "--batch_size=64")
+    for steps in (4, 2):
+        c = card(os.path.join(out, f"student_{steps:04d}"))
+        assert c["sampling_steps"] == steps and c["complete"] and c["steps_trained"] == 20
+    run_app("sample", f"--checkpoint={out}/student_0002", f"--output={tmp_path}/s",
+            "--num_samples=5")
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (5, 2)
+
+
+@pytest.mark.parametrize("app,flags,message", [
+    ("train", ["--dataset=imagenet_offline_typo"], "unknown dataset"),
+    ("train", ["--dataset=toy2d", "--preset=huge"], "preset"),
+    ("train", ["--dataset=toy2d", "--train_steps=0"], "train_steps"),
+    ("train", ["--dataset=tfds:cifar10", "--data_dir={tmp}/empty"], "cifar10"),
+    ("sample", ["--checkpoint={tmp}/nothing"], "no such directory"),
+    ("sample", ["--checkpoint={teacher}", "--steps=-1"], "steps"),
+    ("sample", ["--checkpoint={teacher}", "--noise_file={tmp}/bad.npy"], "noise file"),
+    ("distill", ["--teacher={teacher}", "--end_steps=3"], "power of two"),
+    ("distill", ["--teacher={teacher}", "--end_steps=8"], "end_steps"),
+])
+def test_bad_input_gives_one_line_and_exit_2(tiny_teacher, tmp_path, app, flags, message):
+    np.save(tmp_path / "bad.npy", np.zeros((3, 5), "float32"))
+    flags = [f.format(tmp=tmp_path, teacher=tiny_teacher) for f in flags]
+    if app != "sample":
+        flags.append(f"--workdir={tmp_path}/w")
+    proc = run_app(app, *flags, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "w" / "model.keras")
+
+
+def test_resume_with_other_parameterization_is_refused(tiny_teacher):
+    proc = run_app("train", f"--workdir={tiny_teacher}", "--train_steps=60",
+                   "--parameterization=v", *TINY, check=False)
+    assert proc.returncode == 2 and "parameterization" in proc.stderr
+    assert card(tiny_teacher)["steps_trained"] == 40
