@@ -6,6 +6,25 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with stderr muted: its C++ start-up banner ignores log levels."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            except ImportError:
+                pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    _import_tensorflow_quietly()
+
+
 def run(main):
     """absl.app.run(main), turning a user error (ValueError and subclasses) into one line, exit 2.
 

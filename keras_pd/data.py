@@ -120,6 +120,14 @@ def _valid_names() -> str:
     return ", ".join(BUILTIN_DATASETS) + ", tfds:NAME[:SPLIT]"
 
 
+def check_dataset_name(name: str) -> str:
+    """Raises DatasetError for a name that is neither built in nor ``tfds:NAME[:SPLIT]``."""
+    if name in BUILTIN_DATASETS or (isinstance(name, str) and name.startswith("tfds:")
+                                    and len(name) > 5):
+        return name
+    raise DatasetError(f"unknown dataset {name!r}; valid names: {_valid_names()}")
+
+
 def load_dataset(
     name: str,
     data_dir: str | None = None,

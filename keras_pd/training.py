@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_pd import checkpoint as ckpt
-from keras_pd.data import BatchStream, load_dataset, save_grid_png
+from keras_pd.data import BatchStream, check_dataset_name, load_dataset, save_grid_png
 from keras_pd.diffusion import DiffusionModel
 from keras_pd.networks import make_network
 from keras_pd.parameterization import check_parameterization, output_channels
@@ -73,6 +73,7 @@ class TrainConfig:
         if cfg.weight_decay is None:
             cfg.weight_decay = 0.0
         if cfg.preset is None:
+            check_dataset_name(cfg.dataset)
             raise ValueError(f"no default preset for dataset {cfg.dataset!r}: pass --preset")
         check_parameterization(cfg.parameterization)
         check_weighting(cfg.weighting)

@@ -1,0 +1,26 @@
+"""Quality vs. sampling steps for a teacher and its students (the paper's Figure 4).
+
+    python -m apps.evaluate --workdir=runs/digits
+
+Writes WORKDIR/results.md, results.json, results.png and grids/.
+"""
+
+from apps import common
+from absl import flags
+
+from keras_pd.evaluation import evaluate
+
+flags.DEFINE_string("workdir", "runs/digits", "Holds teacher/ and student_NNNN/ directories.")
+flags.DEFINE_string("teacher", None, "Teacher directory (default: WORKDIR/teacher).")
+flags.DEFINE_integer("num_samples", 1000, "Samples per cell.")
+flags.DEFINE_integer("seed", 0, "Seed of the starting noise.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    evaluate(FLAGS.workdir, FLAGS.teacher, FLAGS.num_samples, FLAGS.seed)
+    print(open(f"{FLAGS.workdir}/results.md").read())
+
+
+if __name__ == "__main__":
+    common.run(main)

@@ -1,0 +1,215 @@
+"""Quality vs. sampling steps, like the paper's Figure 4: what `apps.evaluate` calls.
+
+For a workdir holding a teacher and its students, every cell (row, steps) samples the same
+starting noise and is scored with the dataset's metric:
+
+- rows: the distilled student, the teacher with DDIM at the same steps, the teacher with the
+  ancestral sampler at the best g for that step count, and the teacher at its full step count;
+- digits / mnist5k / labelled tfds images: domain-classifier FID against the real data (lower is
+  better), plus classifier score and class coverage;
+- toy2d: negative mean log-likelihood under the true mixture (lower is better), mode coverage.
+
+Each cell is cached in results.json as soon as it is scored, so a killed evaluation resumes.
+"""
+
+import os
+
+import numpy as np
+
+from keras_pd import checkpoint as ckpt
+from keras_pd.data import (
+    load_dataset,
+    save_grid_png,
+    toy2d_log_likelihood,
+    toy2d_mode_coverage,
+)
+
+ROWS = ("distilled", "ddim", "ancestral", "teacher_full")
+ROW_LABELS = {"distilled": "distilled student (DDIM)", "ddim": "teacher, DDIM",
+              "ancestral": "teacher, ancestral (best g)", "teacher_full": "teacher, full steps"}
+GAMMAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def find_students(workdir):
+    """{steps: directory} of the complete students in a workdir."""
+    found = {}
+    if os.path.isdir(workdir):
+        for name in sorted(os.listdir(workdir)):
+            path = os.path.join(workdir, name)
+            if name.startswith("student_") and os.path.exists(os.path.join(path, ckpt.CARD_NAME)):
+                card = ckpt.read_card(path)
+                if card.get("complete"):
+                    found[int(card["sampling_steps"])] = path
+    return found
+
+
+class Scorer:
+    """The dataset's metric: callable(samples) -> dict with the primary value under "metric".
+
+    Args:
+        dataset: a loaded `keras_pd.data.Dataset`.
+        workdir: where the domain classifier is cached.
+        seed: the classifier's training seed.
+    """
+
+    def __init__(self, dataset, workdir, seed=0):
+        self.dataset = dataset
+        if dataset.name == "toy2d":
+            self.name = "negative log-likelihood (nats)"
+            self.info = {"metric": "toy2d NLL under the true mixture", "reference": "analytic"}
+            self.classifier = None
+        else:
+            if not dataset.num_classes:
+                raise ValueError(f"dataset {dataset.name!r} has no labels for a domain classifier")
+            from keras_pd.metrics import train_classifier
+
+            self.classifier = train_classifier(dataset, workdir=workdir, seed=seed)
+            self.name = "domain-classifier FID"
+            self.info = {"metric": "FID on the domain classifier's penultimate features",
+                         "reference": f"{dataset.name}: all {len(dataset.x)} real examples",
+                         "classifier_test_accuracy": float(self.classifier.test_accuracy)}
+
+    def __call__(self, samples):
+        if self.classifier is None:
+            coverage, counts = toy2d_mode_coverage(samples)
+            return {"metric": float(-toy2d_log_likelihood(samples).mean()),
+                    "mode_coverage": float(coverage), "mode_counts": counts.tolist()}
+        from keras_pd.metrics import evaluate_samples
+
+        result = evaluate_samples(self.classifier, samples, self.dataset.x)
+        result["metric"] = result["fid"]
+        return result
+
+
+def _sample(model, noise, steps, labels, sampler="ddim", gamma=0.0, seed=0, batch=500):
+    out = []
+    for i in range(0, len(noise), batch):
+        out.append(model.sample(noise[i:i + batch], steps, sampler=sampler, gamma=gamma,
+                                labels=None if labels is None else labels[i:i + batch],
+                                seed=seed))
+    return np.concatenate(out)
+
+
+def evaluate(workdir, teacher_dir=None, num_samples=1000, seed=0, gammas=GAMMAS, verbose=1):
+    """Scores every (row, steps) cell and writes results.json, results.md, results.png, grids/.
+
+    Args:
+        workdir: holds the students (student_NNNN) and, by default, the teacher (teacher/).
+        teacher_dir: the teacher's run directory (default: workdir/teacher).
+        num_samples: samples per cell (the same starting noise for every cell).
+        seed: seed of that noise and of the ancestral sampler.
+        gammas: the ancestral sampler's g values searched per step count.
+        verbose: print each cell as it is scored.
+
+    Returns:
+        The results dict (also in workdir/results.json).
+    """
+    teacher_dir = teacher_dir or os.path.join(workdir, "teacher")
+    teacher, card = ckpt.load_model(teacher_dir)
+    full = int(card["sampling_steps"])
+    students = find_students(workdir)
+    dataset = load_dataset(card["dataset"], seed=card.get("seed", 0))
+    scorer = Scorer(dataset, workdir, seed=seed)
+    steps_list = [2 ** k for k in range(full.bit_length()) if 2 ** k <= full]
+    path = os.path.join(workdir, "results.json")
+    results = ckpt.read_json(path) if os.path.exists(path) else {}
+    if results.get("num_samples") != num_samples or results.get("seed") != seed:
+        results = {}
+    results.update(dataset=card["dataset"], teacher=os.path.abspath(teacher_dir),
+                   teacher_steps=full, num_samples=num_samples, seed=seed, metric=scorer.name,
+                   steps=steps_list, **{k: v for k, v in scorer.info.items() if k != "metric"})
+    cells = results.setdefault("cells", {})
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((num_samples,) + teacher.data_shape).astype("float32")
+    labels = (np.arange(num_samples) % teacher.num_classes).astype("int32") \
+        if teacher.num_classes else None
+    grids = os.path.join(workdir, "grids")
+
+    def score(key, make_samples):
+        if key not in cells:
+            samples = make_samples()
+            cells[key] = scorer(samples)
+            save_grid_png(samples[:64], os.path.join(grids, f"{key}.png"))
+            ckpt.write_json(path, results)
+            if verbose:
+                print(f"  {key}: {scorer.name} = {cells[key]['metric']:.4g}")
+        return cells[key]
+
+    score(f"teacher_full_{full}", lambda: _sample(teacher, noise, full, labels))
+    for steps in steps_list:
+        if steps in students:
+            student, _ = ckpt.load_model(students[steps])
+            score(f"distilled_{steps}", lambda: _sample(student, noise, steps, labels))
+        score(f"ddim_{steps}", lambda: _sample(teacher, noise, steps, labels))
+        for g in gammas:
+            score(f"ancestral_{steps}_g{g:g}",
+                  lambda: _sample(teacher, noise, steps, labels, "ancestral", g, seed))
+    results["table"] = table(results, gammas)
+    ckpt.write_json(path, results)
+    write_markdown(os.path.join(workdir, "results.md"), results)
+    plot(os.path.join(workdir, "results.png"), results)
+    return results
+
+
+def table(results, gammas=GAMMAS):
+    """{row: {steps: value}} with the best g picked per step count for the ancestral row."""
+    cells, full = results["cells"], results["teacher_steps"]
+    rows = {row: {} for row in ROWS}
+    best_g = {}
+    for steps in results["steps"]:
+        if f"distilled_{steps}" in cells:
+            rows["distilled"][steps] = cells[f"distilled_{steps}"]["metric"]
+        rows["ddim"][steps] = cells[f"ddim_{steps}"]["metric"]
+        options = {g: cells[f"ancestral_{steps}_g{g:g}"]["metric"] for g in gammas
+                   if f"ancestral_{steps}_g{g:g}" in cells}
+        if options:
+            g = min(options, key=options.get)
+            rows["ancestral"][steps], best_g[steps] = options[g], g
+        rows["teacher_full"][steps] = cells[f"teacher_full_{full}"]["metric"]
+    return {"rows": rows, "best_gamma": best_g}
+
+
+def write_markdown(path, results):
+    """results.md: the metric-vs-steps table with its provenance."""
+    tab, steps = results["table"], results["steps"]
+    head = "| row | " + " | ".join(str(s) for s in steps) + " |"
+    lines = [f"# {results['metric']} vs. sampling steps ({results['dataset']})", "",
+             f"Teacher: {results['teacher']} (meant for {results['teacher_steps']} steps). "
+             f"{results['num_samples']} samples per cell from the same noise (seed "
+             f"{results['seed']}); reference: {results.get('reference', 'n/a')}."
+             + (f" Classifier test accuracy {results['classifier_test_accuracy']:.3f}."
+                if "classifier_test_accuracy" in results else ""), "",
+             head, "|---" * (len(steps) + 1) + "|"]
+    for row in ROWS:
+        values = tab["rows"][row]
+        cells = [f"{values[s]:.3g}" if s in values else "-" for s in steps]
+        label = ROW_LABELS[row] if row != "teacher_full" else \
+            f"teacher, {results['teacher_steps']} steps"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Best ancestral g per step count: " + ", ".join(
+        f"{s}: {g:g}" for s, g in sorted(tab["best_gamma"].items(), key=lambda kv: int(kv[0])))]
+    ckpt.atomic_write(path, lambda tmp: open(tmp, "w").write("\n".join(lines) + "\n"))
+
+
+def plot(path, results):
+    """results.png: metric vs. steps on a log2 axis, one line per row (the paper's Figure 4)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.add_subplot()
+    for row in ROWS:
+        values = results["table"]["rows"][row]
+        if values:
+            xs = sorted(int(s) for s in values)
+            ax.plot(xs, [values[s] if s in values else values[str(s)] for s in xs],
+                    "--" if row == "teacher_full" else "-o", label=ROW_LABELS[row], ms=4)
+    ax.set_xscale("log", base=2)
+    values = [v for row in ROWS for v in results["table"]["rows"][row].values()]
+    if values and min(values) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(results["metric"])
+    ax.set_title(f"{results['dataset']}: quality vs. steps")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    ckpt.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

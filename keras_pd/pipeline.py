@@ -1,0 +1,131 @@
+"""The main job: data -> teacher -> distilled students down to 1 step -> evaluation -> report.
+
+Every stage resumes: rerunning the same command picks up inside whichever stage was
+interrupted (training and each distillation round are step-granular; evaluation caches cells).
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from keras_pd import checkpoint as ckpt
+from keras_pd.distillation import DistillConfig, distill
+from keras_pd.evaluation import evaluate
+from keras_pd.training import TrainConfig, train
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """Sizes of the main job; None takes the dataset's training defaults.
+
+    Attributes:
+        dataset: training data.
+        seed: seed of every stage.
+        train_steps: teacher updates.
+        teacher_steps: DDIM steps the teacher is meant for (the cascade's start).
+        end_steps: the last student's steps.
+        updates_per_round: distillation updates per round.
+        final_rounds_factor: extra updates for the rounds to 2 and 1 steps.
+        distill_learning_rate: each round's initial learning rate.
+        num_samples: samples per evaluation cell.
+        checkpoint_every: updates between checkpoints, in every stage.
+    """
+
+    dataset: str = "digits"
+    seed: int = 0
+    train_steps: int | None = None
+    teacher_steps: int | None = None
+    end_steps: int = 1
+    updates_per_round: int = 2000
+    final_rounds_factor: int = 2
+    distill_learning_rate: float = 3e-4
+    num_samples: int = 1000
+    checkpoint_every: int = 1000
+    batch_size: int | None = None
+
+
+QUICK = dict(train_steps=200, teacher_steps=8, updates_per_round=20, num_samples=200,
+             checkpoint_every=100)
+
+
+def run_pipeline(workdir, config=None, verbose=1):
+    """Runs (or resumes) the whole job in `workdir`; returns the evaluation results.
+
+    Writes workdir/teacher, workdir/student_NNNN, results.{md,json,png}, grids/ and report.md.
+    """
+    cfg = config or PipelineConfig()
+    timings_path = os.path.join(workdir, "timings.json")
+    timings = ckpt.read_json(timings_path) if os.path.exists(timings_path) else {}
+
+    def stage(name, fn):
+        if verbose:
+            print(f"== {name}", flush=True)
+        t0 = time.time()
+        out = fn()
+        timings[name] = round(timings.get(name, 0.0) + time.time() - t0, 1)
+        ckpt.write_json(timings_path, timings)
+        return out
+
+    teacher_dir = os.path.join(workdir, "teacher")
+    train_cfg = TrainConfig(dataset=cfg.dataset, seed=cfg.seed, train_steps=cfg.train_steps,
+                            sampling_steps=cfg.teacher_steps, batch_size=cfg.batch_size,
+                            checkpoint_every=cfg.checkpoint_every,
+                            sample_every=10 * cfg.checkpoint_every)
+    stage("train teacher", lambda: train(train_cfg, teacher_dir, verbose=2 if verbose else 0))
+    distill_cfg = DistillConfig(end_steps=cfg.end_steps, updates_per_round=cfg.updates_per_round,
+                                final_rounds_factor=cfg.final_rounds_factor,
+                                learning_rate=cfg.distill_learning_rate, seed=cfg.seed,
+                                batch_size=cfg.batch_size or train_cfg.resolved().batch_size,
+                                checkpoint_every=min(cfg.checkpoint_every,
+                                                     cfg.updates_per_round))
+    stage("distill", lambda: distill(teacher_dir, workdir, distill_cfg,
+                                     verbose=2 if verbose else 0))
+    results = stage("evaluate", lambda: evaluate(workdir, teacher_dir, cfg.num_samples,
+                                                 cfg.seed, verbose=verbose))
+    write_report(workdir, cfg, results, timings)
+    return results
+
+
+def targets(results, workdir):
+    """Issue 5's quality and cost targets, each with its measured ratio."""
+    rows = results["table"]["rows"]
+    get = lambda row, s: rows[row].get(s, rows[row].get(str(s)))  # noqa: E731
+    full = get("teacher_full", 1)
+    out = []
+    if "FID" in results["metric"] and get("distilled", 4) is not None:
+        out.append(("distilled 4-step <= 1.25 x teacher full", get("distilled", 4) / full, 1.25))
+        out.append(("teacher DDIM 4-step >= 3 x distilled 4-step",
+                    get("ddim", 4) / get("distilled", 4), 3.0))
+    if "FID" in results["metric"] and get("distilled", 1) is not None:
+        out.append(("distilled 1-step <= 4 x teacher full", get("distilled", 1) / full, 4.0))
+    teacher = ckpt.read_card(os.path.join(workdir, "teacher"))
+    updates = sum(ckpt.read_card(p)["updates"] for s, p in _students(workdir).items() if s >= 4)
+    out.append(("student updates to 4 steps <= teacher updates",
+                updates / teacher["steps_trained"], 1.0))
+    return [(name, value, bound, value >= bound if ">=" in name else value <= bound)
+            for name, value, bound in out]
+
+
+def _students(workdir):
+    from keras_pd.evaluation import find_students
+
+    return find_students(workdir)
+
+
+def write_report(workdir, cfg, results, timings):
+    """report.md: the results table, the targets, timings and provenance."""
+    import keras
+
+    lines = [open(os.path.join(workdir, "results.md")).read(), "## Targets", "",
+             "| target | measured | bound | met |", "|---|---|---|---|"]
+    for name, value, bound, ok in targets(results, workdir):
+        lines.append(f"| {name} | {value:.3g} | {bound:g} | {'yes' if ok else 'NO'} |")
+    total = sum(timings.values())
+    lines += ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()] + [f"| total | {total:.0f} |"]
+    lines += ["", f"Backend {keras.backend.backend()}, keras {keras.__version__}; config "
+              f"`{json.dumps(dataclasses.asdict(cfg))}`.", "",
+              "![quality vs steps](results.png)"]
+    ckpt.atomic_write(os.path.join(workdir, "report.md"),
+                      lambda tmp: open(tmp, "w").write("\n".join(lines) + "\n"))
