@@ -21,8 +21,8 @@ def _import_tensorflow_quietly():
         os.close(saved)
 
 
-if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
-    _import_tensorflow_quietly()
+# TensorFlow is the default backend and, on every backend, the TensorBoard writer.
+_import_tensorflow_quietly()
 
 
 def run(main):

@@ -1,0 +1,34 @@
+"""The main job end to end at tiny sizes, and the evaluation it ends with."""
+
+import json
+import os
+
+import pytest
+
+from keras_pd.evaluation import ROWS, find_students
+from keras_pd.pipeline import QUICK, PipelineConfig, run_pipeline
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_on_digits_and_resume(tmp_path):
+    workdir = str(tmp_path / "run")
+    cfg = PipelineConfig(dataset="digits", **dict(QUICK, num_samples=100))
+    results = run_pipeline(workdir, cfg, verbose=0)
+    assert sorted(find_students(workdir)) == [1, 2, 4]
+    rows = results["table"]["rows"]
+    assert set(rows) == set(ROWS)
+    assert sorted(rows["ddim"]) == [1, 2, 4, 8] and sorted(rows["distilled"]) == [1, 2, 4]
+    assert results["metric"] == "domain-classifier FID"
+    assert results["classifier_test_accuracy"] > 0.9
+    for name in ("results.md", "results.json", "results.png", "report.md", "grids/ddim_4.png",
+                 "grids/distilled_1.png"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert "| distilled student (DDIM) |" in open(os.path.join(workdir, "results.md")).read()
+    # Rerunning finds every stage done: no retraining, the cached cells are reused.
+    with open(os.path.join(workdir, "timings.json")) as f:
+        before = json.load(f)
+    again = run_pipeline(workdir, cfg, verbose=0)
+    with open(os.path.join(workdir, "timings.json")) as f:
+        after = json.load(f)
+    assert again["cells"] == results["cells"]
+    assert after["train teacher"] - before["train teacher"] < 30
