@@ -1,4 +1,4 @@
-"""Datasets, deterministic batch streams, augmentation and sample grids.
+"""Datasets and deterministic batch streams.
 
 Everything here works on in-memory NumPy arrays so that training is
 reproducible and resumable on every Keras backend:
@@ -8,19 +8,17 @@ reproducible and resumable on every Keras backend:
 * :class:`BatchStream` yields batch ``k`` as a pure function of
   ``(seed, k)``, so a resumed run continues with exactly the batches it
   would have seen.
-* :func:`make_augmentation` builds the (optional) random horizontal flip that
-  the model applies inside its training step.
-* :func:`image_grid` / :func:`save_grid_png` turn samples into pictures.
+* ``Dataset.flip`` says whether random horizontal flips suit the data; the
+  model applies them inside its training step (``DiffusionModel(flip=...)``).
 
 Only NumPy is imported at module level; scikit-learn, mlxtend,
-tensorflow_datasets, Keras and matplotlib are imported lazily by the
+and tensorflow_datasets are imported lazily by the
 functions that need them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
 import numpy as np
@@ -28,15 +26,13 @@ import numpy as np
 __all__ = [
     "BUILTIN_DATASETS",
     "BatchStream",
+    "check_dataset_name",
     "Dataset",
     "DatasetError",
     "TOY2D_NUM_POINTS",
     "TOY2D_RADIUS",
     "TOY2D_STD",
-    "image_grid",
     "load_dataset",
-    "make_augmentation",
-    "save_grid_png",
     "toy2d_centres",
     "toy2d_log_likelihood",
     "toy2d_mode_coverage",
@@ -504,115 +500,3 @@ class BatchStream:
         while True:
             batch = next(self)
             yield batch if isinstance(batch, tuple) else (batch,)
-
-
-# ---------------------------------------------------------------------------
-# Augmentation.
-
-
-def make_augmentation(dataset: Dataset, seed: int | None):
-    """Builds the training-time augmentation for a dataset.
-
-    Args:
-        dataset: The :class:`Dataset`.
-        seed: Seed of the random flips.
-
-    Returns:
-        A ``keras.layers.RandomFlip("horizontal")`` layer when
-        ``dataset.flip`` is set (and the data are images), else None.
-    """
-    if not (dataset.flip and dataset.is_image):
-        return None
-    import keras
-
-    return keras.layers.RandomFlip("horizontal", seed=seed)
-
-
-# ---------------------------------------------------------------------------
-# Pictures.
-
-
-def image_grid(samples, nrow: int | None = None, pad_value: int = 0) -> np.ndarray:
-    """Tiles images into one grid picture.
-
-    Args:
-        samples: ``[N, H, W, C]`` (C 1 or 3) or ``[N, H, W]`` values in
-            [-1, 1]; values outside are clipped, NaN becomes mid-grey.
-        nrow: Images per row; ``ceil(sqrt(N))`` when None.
-        pad_value: uint8 value of the 1-pixel padding around every image.
-
-    Returns:
-        uint8 array ``[rows*(H+1)+1, nrow*(W+1)+1, C]``.
-
-    Raises:
-        ValueError: Bad shape or nrow.
-    """
-    s = np.asarray(samples, dtype=np.float32)
-    if s.ndim == 3:
-        s = s[..., None]
-    if s.ndim != 4 or s.shape[0] == 0 or s.shape[-1] not in (1, 3):
-        raise ValueError(f"samples must be [N, H, W, C] with N > 0 and C in (1, 3), got shape {np.shape(samples)}")
-    n, h, w, c = s.shape
-    ncol = math.ceil(math.sqrt(n)) if nrow is None else _check_int(nrow, "nrow", 1)
-    ncol = min(ncol, n)
-    rows = math.ceil(n / ncol)
-    pixels = np.clip(np.round((np.nan_to_num(s, nan=0.0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    grid = np.full((rows * (h + 1) + 1, ncol * (w + 1) + 1, c), pad_value, dtype=np.uint8)
-    for i in range(n):
-        r, col = divmod(i, ncol)
-        top, left = 1 + r * (h + 1), 1 + col * (w + 1)
-        grid[top : top + h, left : left + w] = pixels[i]
-    return grid
-
-
-def _atomic_write(path: str, write) -> None:
-    """Calls ``write(tmp_path)`` then renames the result onto ``path``."""
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_scatter(points: np.ndarray, path: str) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 5), dpi=100)
-    ax = fig.add_subplot()
-    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, linewidths=0)
-    ax.set_xlim(-1.5, 1.5)
-    ax.set_ylim(-1.5, 1.5)
-    ax.set_aspect("equal")
-    fig.savefig(path, format="png")
-
-
-def save_grid_png(samples, path, nrow: int | None = None) -> None:
-    """Saves samples as a PNG, atomically (``path + '.tmp'`` then rename).
-
-    Images ``[N, H, W, C]`` are tiled with :func:`image_grid`; 2-D points
-    ``[N, 2]`` (``toy2d``) are drawn as a scatter plot.
-
-    Args:
-        samples: Images in [-1, 1] or points ``[N, 2]``.
-        path: Destination ``.png`` path; its directory is created if needed.
-        nrow: Images per row (images only).
-    """
-    s = np.asarray(samples)
-    if s.ndim == 2 and s.shape[1] == 2:
-        _atomic_write(path, lambda tmp: _write_scatter(s.astype(np.float64), tmp))
-        return
-    grid = image_grid(s, nrow=nrow)
-    if grid.shape[-1] == 1:
-        grid = grid[..., 0]
-
-    def write(tmp):
-        from PIL import Image
-
-        Image.fromarray(grid).save(tmp, format="PNG")
-
-    _atomic_write(path, write)

@@ -17,12 +17,8 @@ import os
 import numpy as np
 
 from keras_pd import checkpoint as ckpt
-from keras_pd.data import (
-    load_dataset,
-    save_grid_png,
-    toy2d_log_likelihood,
-    toy2d_mode_coverage,
-)
+from keras_pd.data import load_dataset, toy2d_log_likelihood, toy2d_mode_coverage
+from keras_pd.images import save_grid_png
 
 ROWS = ("distilled", "ddim", "ancestral", "teacher_full")
 ROW_LABELS = {"distilled": "distilled student (DDIM)", "ddim": "teacher, DDIM",

@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from keras_pd import checkpoint as ckpt
-from keras_pd.data import save_grid_png
+from keras_pd.images import save_grid_png
 from keras_pd.schedules import check_steps
 
 

@@ -79,7 +79,7 @@ def _normal_with_seed_state(seed_generator, seed_state, shape):
 
 
 def sample_loop(denoise, noise, num_steps, sampler="ddim", gamma=0.0, seed_generator=None,
-                logsnr_fn=logsnr_cosine):
+                logsnr_fn=logsnr_cosine, unroll=False):
     """Runs an N-step sampler from z_1 = noise down to t = 0 (REFERENCE 4).
 
     Steps go t_i = i / N -> t_{i-1} for i = N ... 2; the last step (t = 1/N) returns x_hat.
@@ -92,6 +92,8 @@ def sample_loop(denoise, noise, num_steps, sampler="ddim", gamma=0.0, seed_gener
         gamma: the ancestral sampler's variance interpolation g.
         seed_generator: a keras.random.SeedGenerator (ancestral sampler only).
         logsnr_fn: the schedule, t -> lambda.
+        unroll: run the steps as a Python loop (constant times, no while loop) instead of
+            ops.fori_loop; export uses it so that TFLite needs built-in ops only.
 
     Returns:
         Samples, the shape of `noise`.
@@ -121,7 +123,10 @@ def sample_loop(denoise, noise, num_steps, sampler="ddim", gamma=0.0, seed_gener
         return z, seed_state
 
     seed_state = seed_generator.state.value if seed_generator is not None else ops.zeros((2,))
-    if n > 1:
+    if unroll:
+        for k in range(n - 1):
+            z, seed_state = step(k, (z, seed_state))
+    elif n > 1:
         z, seed_state = ops.fori_loop(0, n - 1, step, (z, seed_state))
     if seed_generator is not None:
         seed_generator.state.assign(seed_state)
@@ -142,10 +147,11 @@ class Sampler(keras.Model):
         gamma: ancestral variance interpolation g in [0, 1].
         clip: clip x_hat to [-1, 1] at every step (eps_hat recomputed from it).
         seed: seed of the ancestral sampler's noise.
+        unroll: unroll the step loop in Python (see `sample_loop`); used by export.
     """
 
     def __init__(self, diffusion, num_steps, sampler="ddim", gamma=0.0, clip=True, seed=None,
-                 **kwargs):
+                 unroll=False, **kwargs):
         super().__init__(**kwargs)
         self.diffusion = diffusion
         self.num_steps = check_steps(num_steps)
@@ -154,6 +160,7 @@ class Sampler(keras.Model):
             raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
         self.gamma = float(gamma)
         self.clip = bool(clip)
+        self.unroll = bool(unroll)
         self.seed_generator = keras.random.SeedGenerator(seed) if sampler == "ancestral" else None
 
     def call(self, inputs):
@@ -168,4 +175,4 @@ class Sampler(keras.Model):
             return self.diffusion.denoise(z, logsnr, labels=labels, clip=self.clip)
 
         return sample_loop(denoise, noise, self.num_steps, self.sampler, self.gamma,
-                           self.seed_generator, self.diffusion.logsnr)
+                           self.seed_generator, self.diffusion.logsnr, self.unroll)

@@ -14,7 +14,8 @@ import keras
 import numpy as np
 
 from keras_pd import checkpoint as ckpt
-from keras_pd.data import BatchStream, check_dataset_name, load_dataset, save_grid_png
+from keras_pd.data import BatchStream, check_dataset_name, load_dataset
+from keras_pd.images import save_grid_png
 from keras_pd.diffusion import DiffusionModel
 from keras_pd.networks import make_network
 from keras_pd.parameterization import check_parameterization, output_channels

@@ -125,3 +125,19 @@ def test_resume_with_other_parameterization_is_refused(tiny_teacher):
                    "--parameterization=v", *TINY, check=False)
     assert proc.returncode == 2 and "parameterization" in proc.stderr
     assert card(tiny_teacher)["steps_trained"] == 40
+
+
+def test_checkpoint_from_another_backend_resumes_here(tmp_path):
+    import keras
+
+    backends = ["tensorflow", "jax", "torch"]
+    other = backends[(backends.index(keras.backend.backend()) + 1) % 3]
+    workdir = str(tmp_path / "run")
+    flags = [f"--workdir={workdir}", *TINY]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=other)
+    subprocess.run([sys.executable, "-m", "apps.train", "--train_steps=40", *flags], cwd=ROOT,
+                   env=env, check=True, capture_output=True, timeout=600)
+    assert card(workdir)["backend"] == other
+    run_app("train", "--train_steps=60", *flags)
+    c = card(workdir)
+    assert c["steps_trained"] == 60 and c["backend"] == keras.backend.backend()

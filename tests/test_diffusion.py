@@ -95,3 +95,13 @@ def test_cross_backend_parity_with_stored_reference():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(pred.x), ref["x_hat"], atol=1e-4)
     samples = model.sample(ref["noise"], 8)
     np.testing.assert_allclose(samples, ref["samples"], atol=1e-4)
+
+
+def test_flip_augmentation_mirrors_horizontally():
+    model = DiffusionModel(make_network("digits", (8, 8, 1), 1), (8, 8, 1), flip=True, seed=0)
+    img = np.arange(64, dtype="float32").reshape(1, 8, 8, 1)
+    outs = [keras.ops.convert_to_numpy(model.augment(img, training=True))[0] for _ in range(12)]
+    for o in outs:  # every output is the image or its mirror, and both occur
+        assert np.array_equal(o, img[0]) or np.array_equal(o, img[0, :, ::-1])
+    assert any(np.array_equal(o, img[0, :, ::-1]) for o in outs)
+    assert any(np.array_equal(o, img[0]) for o in outs)

@@ -28,15 +28,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
+import uuid
 import warnings
 
 import keras
 import numpy as np
 
 from keras_pd.data import BatchStream, Dataset, load_dataset
-from keras_pd.metrics.frechet import feature_statistics, frechet_distance
+from keras_pd.metrics.frechet import fid_from_features
 
 __all__ = [
     "DomainClassifier",
@@ -272,9 +272,8 @@ def split_indices(num_examples: int, test_fraction: float = 0.2, seed: int = 0) 
 
 def _atomic_save(workdir: str, filename: str, write) -> None:
     """Calls ``write(tmp)`` on a temporary file next to the target, then renames it."""
-    suffix = os.path.splitext(filename)[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=suffix, dir=workdir)
-    os.close(fd)
+    suffix = os.path.splitext(filename)[1]  # keras wants a ".keras" name
+    tmp = os.path.join(workdir, f".{filename}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
     try:
         write(tmp)
         os.replace(tmp, os.path.join(workdir, filename))
@@ -305,8 +304,13 @@ def _load_cached(workdir: str, expected: dict) -> DomainClassifier | None:
         warnings.warn(f"classifier cache in {workdir} was trained with other settings ({', '.join(mismatched)}); "
                       "retraining and overwriting it", stacklevel=3)
         return None
-    model = keras.saving.load_model(model_path, compile=False)
-    return DomainClassifier(model, info["test_accuracy"], info=info, from_cache=True)
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+        return DomainClassifier(model, info["test_accuracy"], info=info, from_cache=True)
+    except Exception as e:  # truncated or foreign file: a cache miss
+        warnings.warn(f"ignoring unreadable classifier cache {model_path} ({type(e).__name__}); retraining",
+                      stacklevel=3)
+        return None
 
 
 def _check_positive(value, what: str, kind=int):
@@ -369,6 +373,9 @@ def train_classifier(
     epochs = _check_positive(epochs, "epochs")
     batch_size = _check_positive(batch_size, "batch_size")
     learning_rate = _check_positive(learning_rate, "learning_rate", float)
+    width = _check_positive(width, "width")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     seed = int(seed)
     train_idx, test_idx = split_indices(len(dataset), test_fraction, seed)
     info = {
@@ -382,7 +389,7 @@ def train_classifier(
         "epochs": epochs,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
-        "width": int(width),
+        "width": width,
     }
     if workdir is not None:
         workdir = os.fspath(workdir)
@@ -462,9 +469,7 @@ def classifier_fid(classifier: DomainClassifier, samples, reference_x, batch_siz
         ValueError: Wrong shapes or NaN / inf values.
     """
     _check_classifier(classifier)
-    mu1, sigma1 = feature_statistics(classifier.features(samples, batch_size))
-    mu2, sigma2 = feature_statistics(classifier.features(reference_x, batch_size))
-    return frechet_distance(mu1, sigma1, mu2, sigma2)
+    return fid_from_features(classifier.features(samples, batch_size), classifier.features(reference_x, batch_size))
 
 
 def classifier_score(classifier: DomainClassifier, samples, batch_size: int = 512) -> float:
@@ -535,10 +540,8 @@ def evaluate_samples(classifier: DomainClassifier, samples, reference_x, batch_s
     _check_classifier(classifier)
     sample_features, sample_probs = classifier._predict(samples, batch_size)
     reference_features = classifier.features(reference_x, batch_size)
-    mu1, sigma1 = feature_statistics(sample_features)
-    mu2, sigma2 = feature_statistics(reference_features)
     result = {
-        "fid": frechet_distance(mu1, sigma1, mu2, sigma2),
+        "fid": fid_from_features(sample_features, reference_features),
         "score": _score_from_probabilities(sample_probs),
     }
     result.update(_coverage_from_probabilities(sample_probs))

@@ -7,7 +7,8 @@ The Frechet (2-Wasserstein) distance between ``N(mu1, S1)`` and
 
 the quantity behind FID (Heusel et al., 2017) when the features come from the
 Inception network, and behind "classifier FID" when they come from a domain
-classifier. :func:`frechet_distance` is the one place that evaluates it.
+classifier. :func:`frechet_distance` (and :func:`fid_from_features`, through
+the same private function) is the one place that evaluates it.
 """
 
 from __future__ import annotations
@@ -71,15 +72,40 @@ def _is_singular(sigma: np.ndarray, name: str) -> bool:
     return bool(w[0] <= tol)
 
 
-def _sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray):
-    """``sqrtm(sigma1 @ sigma2)`` and whether it is usable (finite, accurate)."""
+def _trace_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray) -> float | None:
+    """``Tr sqrtm(sigma1 @ sigma2)`` with ``scipy.linalg.sqrtm``; None when unusable.
+
+    Unusable means non-finite, or ``X @ X`` far from the product. Small
+    imaginary round-off is dropped; a large imaginary part raises.
+    """
     product = sigma1 @ sigma2
     root = scipy.linalg.sqrtm(product)
     if not np.all(np.isfinite(root)):
-        return root, False
+        return None
+    diag = np.diagonal(root)
+    if np.iscomplexobj(diag):
+        largest_real = max(float(np.max(np.abs(diag.real))), np.finfo(np.float64).tiny)
+        largest_imag = float(np.max(np.abs(diag.imag)))
+        if largest_imag > _MAX_RELATIVE_IMAG * largest_real:
+            raise ValueError(f"sqrtm(sigma1 @ sigma2) has a large imaginary component {largest_imag:.3g}")
     scale = max(float(np.linalg.norm(product)), np.finfo(np.float64).tiny)
-    residual = float(np.linalg.norm(root @ root - product)) / scale
-    return root, residual <= _MAX_SQRTM_RESIDUAL
+    if float(np.linalg.norm(root @ root - product)) > _MAX_SQRTM_RESIDUAL * scale:
+        return None
+    return float(np.sum(diag.real))
+
+
+def _trace_sqrtm_symmetric(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """``Tr sqrtm(sigma1 @ sigma2)`` as ``Tr sqrtm(R sigma2 R)``, ``R = sigma1^(1/2)`` (PSD inputs).
+
+    ``sigma1 @ sigma2`` is similar to the PSD matrix ``R sigma2 R``, so both
+    have the same non-negative eigenvalues; symmetric eigendecompositions
+    find them stably (and fast) even when the product is singular, where
+    ``sqrtm`` turns to slow complex arithmetic.
+    """
+    w, v = np.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = root1 @ sigma2 @ root1
+    return float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(0.5 * (inner + inner.T)), 0.0, None))))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
@@ -88,10 +114,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     ``d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2))`` (squared
     2-Wasserstein distance; FID is this value, not its square root).
 
-    Numerical guards: when either covariance is numerically singular (for
-    example fewer samples than feature dimensions), or ``sqrtm`` returns
-    non-finite or inaccurate values, ``eps * I`` is added to both covariances
-    before ``sqrtm``. Imaginary round-off of ``sqrtm`` is dropped, and tiny
+    ``Tr sqrtm(S1 S2)`` comes from ``scipy.linalg.sqrtm``, as in the
+    reference FID implementations. Numerical guard: when either covariance
+    is numerically singular (for example fewer samples than feature
+    dimensions), or ``sqrtm`` returns non-finite or inaccurate values,
+    ``eps * I`` is added to both covariances and the trace is taken from the
+    eigenvalues of ``R S2 R`` with ``R = S1^(1/2)`` (the same value, computed
+    stably). Small imaginary round-off of ``sqrtm`` is dropped, and tiny
     negative results are clamped to 0.
 
     Args:
@@ -109,6 +138,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
             positive semi-definite, a large imaginary part of ``sqrtm`` or a
             clearly negative result.
     """
+    return _frechet_distance(mu1, sigma1, mu2, sigma2, eps, singular=None)
+
+
+def _frechet_distance(mu1, sigma1, mu2, sigma2, eps: float, singular: bool | None) -> float:
+    """:func:`frechet_distance`; ``singular=True`` skips the singularity check (known rank deficit)."""
     mu1, sigma1 = _check_stats(mu1, sigma1, "1")
     mu2, sigma2 = _check_stats(mu2, sigma2, "2")
     if mu1.shape != mu2.shape:
@@ -116,33 +150,20 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}")
     dim = mu1.shape[0]
-    offset = eps * np.eye(dim)
-
-    regularized = _is_singular(sigma1, "1") | _is_singular(sigma2, "2")
+    if singular is None:
+        singular = _is_singular(sigma1, "1") | _is_singular(sigma2, "2")  # also rejects non-PSD input
+    trace_root = None if singular else _trace_sqrtm(sigma1, sigma2)
+    regularized = trace_root is None
     if regularized:
-        root, ok = _sqrtm_product(sigma1 + offset, sigma2 + offset)
-    else:
-        root, ok = _sqrtm_product(sigma1, sigma2)
-        if not ok:
-            regularized = True
-            root, ok = _sqrtm_product(sigma1 + offset, sigma2 + offset)
-    if not np.all(np.isfinite(root)):
-        raise ValueError(f"sqrtm(sigma1 @ sigma2) is not finite even with eps={eps:g} added to the covariances")
-
-    if np.iscomplexobj(root):
-        diag = np.diagonal(root)
-        largest_real = max(float(np.max(np.abs(diag.real))), np.finfo(np.float64).tiny)
-        largest_imag = float(np.max(np.abs(diag.imag)))
-        if largest_imag > _MAX_RELATIVE_IMAG * largest_real:
-            raise ValueError(f"sqrtm(sigma1 @ sigma2) has a large imaginary component {largest_imag:.3g}")
-        root = root.real
+        offset = eps * np.eye(dim)
+        sigma1, sigma2 = sigma1 + offset, sigma2 + offset
+        trace_root = _trace_sqrtm_symmetric(sigma1, sigma2)
 
     diff = mu1 - mu2
-    trace_sum = float(np.trace(sigma1) + np.trace(sigma2))
-    distance = float(diff @ diff) + trace_sum - 2.0 * float(np.trace(root))
+    scale = float(diff @ diff) + float(np.trace(sigma1) + np.trace(sigma2))
+    distance = scale - 2.0 * trace_root
     if distance < 0.0:
-        tolerance = _NEGATIVE_ROUNDOFF * (float(diff @ diff) + trace_sum) + (4.0 * dim * eps if regularized else 0.0)
-        if distance < -tolerance:
+        if distance < -_NEGATIVE_ROUNDOFF * scale:
             raise ValueError(f"frechet distance is negative ({distance:.3g}); are the covariances valid?")
         distance = 0.0
     return distance
@@ -166,4 +187,6 @@ def fid_from_features(features1, features2, eps: float = 1e-6) -> float:
     """
     mu1, sigma1 = feature_statistics(features1)
     mu2, sigma2 = feature_statistics(features2)
-    return frechet_distance(mu1, sigma1, mu2, sigma2, eps=eps)
+    # N samples give a covariance of rank <= N - 1: singular when N <= D (skips the eigenvalue check).
+    known_singular = True if min(np.shape(features1)[0], np.shape(features2)[0]) <= mu1.shape[0] else None
+    return _frechet_distance(mu1, sigma1, mu2, sigma2, eps, singular=known_singular)
