@@ -255,7 +255,11 @@ def export_sampler(checkpoint_dir, output, steps=None, format="saved_model", qua
     backend = _check_backend(format, quantize)
 
     model, card = ckpt.load_model(checkpoint_dir)
-    steps = check_steps(steps if steps is not None else card["sampling_steps"], "steps")
+    if steps is None:
+        if card.get("sampling_steps") is None:
+            raise ValueError(f"steps: the model card of {checkpoint_dir} names no sampling_steps; "
+                             "pass steps")
+        steps = check_steps(card["sampling_steps"], "steps")
     from keras_pd.samplers import Sampler
 
     sampler = Sampler(model, steps, "ddim", clip=True, unroll=True)

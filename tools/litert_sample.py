@@ -69,15 +69,16 @@ def sample(runner, inputs, noise, labels=None):
     return np.concatenate(out)[:num]
 
 
-def grid_image(samples):
-    """[num, H, W, C] in [-1, 1] -> uint8 grid [rows * H, cols * W, C] (C = 1 or 3)."""
+def grid_image(samples, gap=1):
+    """[num, H, W, C] in [-1, 1] -> uint8 grid (C = 1 or 3), tiles apart by `gap` gray pixels."""
     num, h, w, c = samples.shape
     cols = math.ceil(math.sqrt(num))
     rows = math.ceil(num / cols)
-    grid = np.zeros((rows * h, cols * w, c), "float32")
+    grid = np.zeros((rows * (h + gap) - gap, cols * (w + gap) - gap, c), "float32")
     for i, img in enumerate(samples):
         r, k = divmod(i, cols)
-        grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = img
+        y, x = r * (h + gap), k * (w + gap)
+        grid[y:y + h, x:x + w] = img
     return np.round((np.clip(grid, -1, 1) + 1) * 127.5).astype("uint8")
 
 
