@@ -6,6 +6,7 @@ data order and noise RNG), losing at most one checkpoint interval.
 """
 
 import dataclasses
+import importlib.util
 import math
 import os
 import time
@@ -208,14 +209,10 @@ def sample_grid(model, path, num_steps, seed=0, num=64):
 
 def _log_callbacks(workdir):
     callbacks = [keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True)]
-    try:
-        import tensorboard  # noqa: F401  (TensorBoard's writer needs TF and it, on any backend)
-        import tensorflow  # noqa: F401
-
+    # Keras's TensorBoard writer needs tensorflow and tensorboard, on any backend.
+    if all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard")):
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"),
                                                      write_graph=False))
-    except ImportError:
-        pass
     return callbacks
 
 
