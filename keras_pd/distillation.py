@@ -100,6 +100,9 @@ class DistillationModel(keras.Model):
         if teacher.num_classes != student.num_classes:
             raise ValueError("teacher and student must have the same classes")
         self.teacher = teacher
+        # True then False: a teacher deserialized with trainable=False can keep trainable
+        # sub-layers on the TensorFlow backend (REFERENCE 8); toggling re-propagates the flag.
+        self.teacher.trainable = True
         self.teacher.trainable = False
         self.student = student
         self.student_steps = check_steps(student_steps, "student_steps")
