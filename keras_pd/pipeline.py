@@ -11,7 +11,7 @@ import time
 
 from keras_pd import checkpoint as ckpt
 from keras_pd.distillation import DistillConfig, distill
-from keras_pd.evaluation import evaluate
+from keras_pd.evaluation import evaluate, find_students
 from keras_pd.training import TrainConfig, train
 
 
@@ -100,17 +100,11 @@ def targets(results, workdir):
     if "FID" in results["metric"] and get("distilled", 1) is not None:
         out.append(("distilled 1-step <= 4 x teacher full", get("distilled", 1) / full, 4.0))
     teacher = ckpt.read_card(os.path.join(workdir, "teacher"))
-    updates = sum(ckpt.read_card(p)["updates"] for s, p in _students(workdir).items() if s >= 4)
+    updates = sum(ckpt.read_card(p)["updates"] for s, p in find_students(workdir).items() if s >= 4)
     out.append(("student updates to 4 steps <= teacher updates",
                 updates / teacher["steps_trained"], 1.0))
     return [(name, value, bound, value >= bound if ">=" in name else value <= bound)
             for name, value, bound in out]
-
-
-def _students(workdir):
-    from keras_pd.evaluation import find_students
-
-    return find_students(workdir)
 
 
 def write_report(workdir, cfg, results, timings):
