@@ -1,4 +1,4 @@
-"""Export a model's whole N-step sampler: a SavedModel for serving, or a LiteRT file for mobile.
+"""Export a model's whole N-step sampler: SavedModel (serving), LiteRT (mobile) or ONNX.
 
     python -m apps.export --checkpoint=runs/digits/student_0004 --format=litert \
         --output=exports/student_0004.tflite
@@ -6,7 +6,8 @@
 
 Inputs `noise` float32 [B, *data_shape] (+ `labels` int32 [B] when class-conditional), output
 `samples` float32 in [-1, 1]; writes a JSON description beside the output (docs/export.md).
-Needs KERAS_BACKEND=tensorflow (default) or jax.
+SavedModel and LiteRT need KERAS_BACKEND=tensorflow (default) or jax; ONNX works on tensorflow
+and torch (jax with jax2onnx installed).
 """
 
 from apps import common
@@ -21,7 +22,8 @@ flags.DEFINE_enum("format", "saved_model", list(FORMATS), "Export format.")
 flags.DEFINE_enum("quantize", "none", list(QUANTIZATIONS),
                   "LiteRT weight quantization: float16, or dynamic-range int8.")
 flags.DEFINE_integer("batch_size", 1, "Batch size B, fixed in the exported function.")
-flags.DEFINE_string("output", None, "SavedModel directory, or .tflite file for --format=litert.",
+flags.DEFINE_string("output", None, "SavedModel directory, .tflite file (litert) or .onnx file (onnx); its "
+                    "folder must exist.",
                     required=True)
 FLAGS = flags.FLAGS
 

@@ -34,7 +34,11 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path, write_fn):
-    """Calls write_fn(tmp_path), then renames tmp_path to `path` (same directory, atomic)."""
+    """Calls write_fn(tmp_path), then renames tmp_path to `path` (same directory, atomic).
+
+    Returns:
+        What write_fn returned.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -42,10 +46,11 @@ def atomic_write(path, write_fn):
     # Keep the suffix: Keras picks the format from it (.keras, .weights.h5).
     tmp = os.path.join(directory, f".tmp-{os.getpid()}-{base}")
     try:
-        write_fn(tmp)
+        result = write_fn(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        return result
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

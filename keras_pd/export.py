@@ -1,4 +1,4 @@
-"""Export of a model's whole N-step sampler, for serving (SavedModel) and mobile (LiteRT).
+"""Export of a model's whole N-step sampler: SavedModel (serving), LiteRT (mobile), ONNX.
 
 `export_sampler` saves one function: the deterministic N-step DDIM sampler of a run directory's
 model, x_hat clipped to [-1, 1] at every step, with the loop unrolled so that TFLite needs its
@@ -16,8 +16,11 @@ This is the project's one backend-aware module:
 * TensorFlow: a tf.function around the Keras sampler (through `keras.export.ExportArchive`).
 * JAX: jax2tf, through the same ExportArchive (a SavedModel holding the StableHLO function);
   LiteRT then converts that SavedModel with `tf.lite.TFLiteConverter.from_saved_model`.
-* PyTorch: LiteRT only, through `litert_torch` when it is installed (Keras' own torch exporter);
+* PyTorch: LiteRT through `litert_torch` when it is installed (Keras' own torch exporter);
   otherwise a ValueError says what to do.
+* ONNX, through Keras' own ONNX exporter: tf2onnx on TensorFlow, `torch.onnx` on PyTorch,
+  jax2onnx on JAX (when installed). The graph's inputs and output are then renamed to the
+  interface's names, so ONNX, SavedModel and LiteRT files are called the same way.
 
 TensorFlow is imported lazily, inside the functions that need it.
 """
@@ -33,10 +36,13 @@ import keras
 from keras_pd import checkpoint as ckpt
 from keras_pd.schedules import check_steps
 
-FORMATS = ("saved_model", "litert")
+FORMATS = ("saved_model", "litert", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")
 SIGNATURE = "serving_default"
-TORCH_ERROR = "export needs KERAS_BACKEND=tensorflow or jax (or pip install litert-torch for torch)"
+TORCH_ERROR = ("export needs KERAS_BACKEND=tensorflow or jax (or pip install litert-torch for "
+               "torch); --format=onnx works on torch")
+ONNX_PACKAGES = {"tensorflow": "tf2onnx onnx onnxruntime", "torch": "onnx onnxscript onnxruntime",
+                 "jax": "jax2onnx onnx onnxruntime"}
 
 
 def check_format(fmt):
@@ -59,11 +65,12 @@ def check_quantize(quantize, fmt):
 def metadata_path(output):
     """Where the JSON description of an export goes: beside it, `.tflite` replaced by `.json`.
 
-    out/student.tflite -> out/student.json; out/student_savedmodel -> out/student_savedmodel.json
+    out/student.tflite -> out/student.json (also for .onnx);
+    out/student_savedmodel -> out/student_savedmodel.json
     """
     output = os.fspath(output).rstrip(os.sep)
-    root = output[:-len(".tflite")] if output.endswith(".tflite") else output
-    return root + ".json"
+    root, ext = os.path.splitext(output)
+    return (root if ext in (".tflite", ".onnx") else output) + ".json"
 
 
 def _litert_torch_available():
@@ -74,8 +81,23 @@ def _litert_torch_available():
     return True
 
 
+def _missing_modules(names):
+    import importlib.util
+
+    return [n for n in names.split() if importlib.util.find_spec(n) is None]
+
+
 def _check_backend(fmt, quantize):
     backend = keras.backend.backend()
+    if fmt == "onnx":
+        missing = _missing_modules(ONNX_PACKAGES.get(backend, "onnx"))
+        if backend not in ONNX_PACKAGES:
+            raise ValueError(f"ONNX export does not support KERAS_BACKEND={backend}")
+        if missing:
+            hint = (" (or use KERAS_BACKEND=tensorflow or torch)" if backend == "jax" else "")
+            raise ValueError(f"ONNX export on {backend} needs {', '.join(missing)}: "
+                             f"pip install 'keras-pd[onnx]'{hint}")
+        return backend
     if backend in ("tensorflow", "jax"):
         return backend
     if backend == "torch" and fmt == "litert" and _litert_torch_available():
@@ -147,17 +169,54 @@ def _convert_to_litert(saved_model_dir, quantize):
         raise ValueError(f"cannot convert the sampler to LiteRT built-in ops ({detail})") from e
 
 
-def _export_litert_torch(model, sampler, path, batch_size):
-    """PyTorch backend: Keras' LiteRT exporter (litert-torch) on the unrolled sampler."""
+def _export_positional(model, sampler, path, batch_size, fmt):
+    """Keras' own `Model.export` (litert-torch's LiteRT, or ONNX) on the unrolled sampler."""
     inputs, _ = interface(model, batch_size)
-    wrapper = _TorchExportWrapper(sampler, bool(model.num_classes))
+    wrapper = _PositionalSampler(sampler, bool(model.num_classes), name="sampler_export")
     signature = [keras.InputSpec(shape=tuple(spec["shape"]), dtype=spec["dtype"])
                  for spec in inputs.values()]
-    wrapper.export(path, format="litert", input_signature=signature, verbose=False)
+    wrapper.export(path, format=fmt, input_signature=signature, verbose=False)
 
 
-class _TorchExportWrapper(keras.Model):
-    """Positional (noise[, labels]) -> samples, as litert-torch traces models."""
+def _write_onnx(model, sampler, path, batch_size):
+    """Exports the sampler to ONNX at `path`, its inputs and output renamed to `interface`'s."""
+    import onnx
+
+    _export_positional(model, sampler, path, batch_size, "onnx")
+    proto = onnx.load(path)
+    inputs, outputs = interface(model, batch_size)
+    rename = dict(zip([i.name for i in proto.graph.input], inputs))
+    rename.update(zip([o.name for o in proto.graph.output], outputs))
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        value.name = rename.get(value.name, value.name)
+    for node in proto.graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+
+
+def check_onnx(path, model, batch_size):
+    """Loads an exported .onnx with onnxruntime and checks its input and output names.
+
+    Returns:
+        The sorted ONNX op types it uses.
+    """
+    import onnx
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    inputs, outputs = interface(model, batch_size)
+    have = (sorted(i.name for i in session.get_inputs()),
+            sorted(o.name for o in session.get_outputs()))
+    if have != (sorted(inputs), sorted(outputs)):
+        raise ValueError(f"exported ONNX inputs/outputs {have} differ from "
+                         f"{(sorted(inputs), sorted(outputs))}")
+    return sorted({node.op_type for node in onnx.load(path).graph.node})
+
+
+class _PositionalSampler(keras.Model):
+    """Positional (noise[, labels]) -> samples, as Keras' litert-torch and ONNX exporters trace."""
 
     def __init__(self, sampler, class_conditional, **kwargs):
         super().__init__(**kwargs)
@@ -228,9 +287,10 @@ def export_sampler(checkpoint_dir, output, steps=None, format="saved_model", qua
 
     Args:
         checkpoint_dir: a run directory (teacher workdir or student directory).
-        output: a SavedModel directory (format "saved_model") or a `.tflite` file ("litert").
+        output: a SavedModel directory (format "saved_model"), a `.tflite` file ("litert") or
+            a `.onnx` file ("onnx").
         steps: N, the sampling steps (default: the model card's `sampling_steps`).
-        format: "saved_model" or "litert".
+        format: "saved_model", "litert" or "onnx".
         quantize: "none", "float16" or "dynamic_int8" (int8 weights, float activations);
             LiteRT only.
         batch_size: B, fixed in the exported function.
@@ -252,6 +312,10 @@ def export_sampler(checkpoint_dir, output, steps=None, format="saved_model", qua
     output = os.path.abspath(os.fspath(output)).rstrip(os.sep)
     if format == "litert" and not output.endswith(".tflite"):
         raise ValueError(f"output {output} must end in .tflite for format='litert'")
+    if format == "onnx" and not output.endswith(".onnx"):
+        raise ValueError(f"output {output} must end in .onnx for format='onnx'")
+    if not os.path.isdir(os.path.dirname(output)):
+        raise ValueError(f"output folder {os.path.dirname(output)} does not exist")
     backend = _check_backend(format, quantize)
 
     model, card = ckpt.load_model(checkpoint_dir)
@@ -264,7 +328,6 @@ def export_sampler(checkpoint_dir, output, steps=None, format="saved_model", qua
 
     sampler = Sampler(model, steps, "ddim", clip=True, unroll=True)
     parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
     base = os.path.basename(output)
     start = time.time()
     if format == "saved_model":
@@ -278,10 +341,17 @@ def export_sampler(checkpoint_dir, output, steps=None, format="saved_model", qua
         size = sum(os.path.getsize(os.path.join(d, f))
                    for d, _, files in os.walk(output) for f in files)
         ops = None
+    elif format == "onnx":
+        def write_checked(tmp):
+            _write_onnx(model, sampler, tmp, batch_size)
+            return check_onnx(tmp, model, batch_size)
+
+        ops = ckpt.atomic_write(output, write_checked)
+        size = os.path.getsize(output)
     else:
         if backend == "torch":
-            ckpt.atomic_write(output, lambda tmp: _export_litert_torch(model, sampler, tmp,
-                                                                       batch_size))
+            ckpt.atomic_write(output, lambda tmp: _export_positional(model, sampler, tmp,
+                                                                     batch_size, "litert"))
             with open(output, "rb") as f:
                 content = f.read()
         else:
@@ -321,7 +391,7 @@ def export_sampler(checkpoint_dir, output, steps=None, format="saved_model", qua
         "export_seconds": round(time.time() - start, 2),
     }
     if ops is not None:
-        meta["litert_ops"] = ops
+        meta["onnx_ops" if format == "onnx" else "litert_ops"] = ops
     ckpt.write_json(metadata_path(output), meta)
     return meta
 

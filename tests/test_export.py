@@ -82,7 +82,8 @@ def litert_f32(run_dir, tmp_path_factory):
 @pytest.mark.parametrize("kwargs,named", [
     ({"steps": 0}, "steps"),
     ({"steps": 2.5}, "steps"),
-    ({"format": "onnx"}, "format"),
+    ({"format": "coreml"}, "format"),
+    ({"format": "onnx"}, "onnx"),  # output without .onnx
     ({"quantize": "int4", "format": "litert"}, "quantize"),
     ({"quantize": "float16"}, "quantize"),  # SavedModel: no quantization
     ({"batch_size": 0}, "batch_size"),
@@ -94,8 +95,15 @@ def test_bad_arguments_name_themselves(run_dir, tmp_path, kwargs, named):
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_output_folder_must_exist(run_dir, tmp_path):
+    with pytest.raises(ValueError, match="folder .*missing.* does not exist"):
+        export.export_sampler(run_dir, str(tmp_path / "missing" / "m.tflite"), format="litert")
+    assert os.listdir(tmp_path) == []
+
+
 def test_metadata_path():
     assert export.metadata_path("a/b.tflite") == "a/b.json"
+    assert export.metadata_path("a/b.onnx") == "a/b.json"
     assert export.metadata_path("a/saved/") == "a/saved.json"
 
 
@@ -193,6 +201,54 @@ def test_class_conditional_export_takes_labels(tmp_path):
     assert err < PARITY
     other = _run_litert(path, noise, np.array([2, 0, 1], "int32"))
     assert np.abs(other - got).max() > 1e-3  # the labels matter
+
+
+# -- ONNX: TensorFlow (tf2onnx) and torch (torch.onnx); JAX needs jax2onnx ------------------
+
+ONNX_MISSING = export._missing_modules(export.ONNX_PACKAGES[BACKEND])
+
+
+def _run_onnx(path, noise, labels=None):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    feed = {"noise": noise} if labels is None else {"noise": noise, "labels": labels}
+    return session.run(["samples"], feed)[0]
+
+
+@pytest.mark.skipif(bool(ONNX_MISSING), reason=f"ONNX exporter not installed: {ONNX_MISSING}")
+def test_onnx_matches_keras_sampler(run_dir, reference, tmp_path):
+    noise, want = reference
+    path = str(tmp_path / "student.onnx")
+    meta = export.export_sampler(run_dir, path, format="onnx", batch_size=2)
+    assert meta["format"] == "onnx" and meta["steps"] == STEPS
+    assert os.path.getsize(path) == meta["bytes"]
+    assert json.load(open(tmp_path / "student.json"))["onnx_ops"] == meta["onnx_ops"]
+    got = _run_onnx(path, noise)
+    err = float(np.abs(got - want).max())
+    print(f"\n[{BACKEND}] ONNX float32 max |diff| vs model.sample: {err:.2e}")
+    assert got.shape == noise.shape and err < PARITY
+    assert sorted(os.listdir(tmp_path)) == ["student.json", "student.onnx"]  # no temporaries
+
+
+@pytest.mark.skipif(bool(ONNX_MISSING), reason=f"ONNX exporter not installed: {ONNX_MISSING}")
+def test_onnx_class_conditional_takes_labels(tmp_path):
+    run = _tiny_run(tmp_path / "cond", num_classes=3, seed=3)
+    model, _ = ckpt.load_model(run)
+    noise, labels = _noise(3, seed=2), np.array([0, 1, 2], "int32")
+    want = model.sample(noise, 2, labels=labels)
+    path = str(tmp_path / "cond.onnx")
+    export.export_sampler(run, path, steps=2, format="onnx", batch_size=3)
+    got = _run_onnx(path, noise, labels)
+    assert float(np.abs(got - want).max()) < PARITY
+    assert np.abs(_run_onnx(path, noise, np.array([2, 0, 1], "int32")) - got).max() > 1e-3
+
+
+@pytest.mark.skipif(not ONNX_MISSING, reason="the ONNX exporter is installed")
+def test_onnx_without_its_packages_names_them(run_dir, tmp_path):
+    with pytest.raises(ValueError, match="ONNX export on .* needs"):
+        export.export_sampler(run_dir, str(tmp_path / "m.onnx"), format="onnx")
+    assert os.listdir(tmp_path) == []
 
 
 # -- the runtime-only example and the app ----------------------------------------------------
