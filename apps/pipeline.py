@@ -1,4 +1,4 @@
-"""The main job: train a teacher, distill it to 1 step, evaluate, report. Rerun to resume.
+"""The main job: train a teacher, distill it to 1 step, evaluate, export, report. Rerun to resume.
 
     KERAS_BACKEND=jax python -m apps.pipeline                # digits, about 15 minutes on 2 cores
     python -m apps.pipeline --dataset=toy2d --workdir=runs/toy2d
@@ -23,6 +23,8 @@ flags.DEFINE_float("distill_learning_rate", _D.distill_learning_rate, "Distillat
 flags.DEFINE_integer("num_samples", _D.num_samples, "Samples per evaluation cell.")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Updates between checkpoints.")
 flags.DEFINE_integer("batch_size", None, "Batch size (default: the dataset's).")
+flags.DEFINE_integer("export_max_steps", _D.export_max_steps,
+                     "Export students with at most this many steps (LiteRT; ONNX on torch); 0: none.")
 flags.DEFINE_boolean("quick", False, "Tiny sizes for a smoke test (overrides size flags).")
 FLAGS = flags.FLAGS
 

@@ -399,3 +399,63 @@ def export_sampler(checkpoint_dir, output, steps=None, format="saved_model", qua
 def _write_bytes(path, content):
     with open(path, "wb") as f:
         f.write(content)
+
+
+def runtime_format():
+    """The format the current backend exports for mobile/edge: "litert", else "onnx", else None.
+
+    LiteRT from TensorFlow and JAX (and torch with litert-torch); ONNX from torch when its
+    packages are installed.
+    """
+    backend = keras.backend.backend()
+    if backend in ("tensorflow", "jax") or (backend == "torch" and _litert_torch_available()):
+        return "litert"
+    if backend in ONNX_PACKAGES and not _missing_modules(ONNX_PACKAGES[backend]):
+        return "onnx"
+    return None
+
+
+def measure_latency(path, runs=50, threads=2, warmup=3, seed=0):
+    """Median and 10th/90th percentile latency (ms) of one call of an exported .tflite / .onnx.
+
+    Runs the file under its bare runtime (LiteRT interpreter or onnxruntime) with `threads`
+    threads, on seeded standard normal noise (and labels 0) of the exported batch size.
+
+    Returns:
+        {"median_ms", "p10_ms", "p90_ms", "runs", "threads"}.
+    """
+    import numpy as np
+
+    meta = ckpt.read_json(metadata_path(path))
+    rng = np.random.default_rng(seed)
+    feed = {name: (rng.standard_normal(spec["shape"]).astype("float32")
+                   if spec["dtype"] == "float32" else np.zeros(spec["shape"], spec["dtype"]))
+            for name, spec in meta["inputs"].items()}
+    if path.endswith(".onnx"):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        call = lambda: session.run(None, feed)  # noqa: E731
+    else:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            import tensorflow as tf
+
+            Interpreter = tf.lite.Interpreter
+        runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner(SIGNATURE)
+        call = lambda: runner(**feed)  # noqa: E731
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1e3)
+    p10, median, p90 = np.percentile(times, [10, 50, 90])
+    return {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90),
+            "runs": runs, "threads": threads}
+

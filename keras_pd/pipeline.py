@@ -1,4 +1,4 @@
-"""The main job: data -> teacher -> distilled students down to 1 step -> evaluation -> report.
+"""The main job: data -> teacher -> students down to 1 step -> evaluation -> export -> report.
 
 Every stage resumes: rerunning the same command picks up inside whichever stage was
 interrupted (training and each distillation round are step-granular; evaluation caches cells).
@@ -30,6 +30,8 @@ class PipelineConfig:
         distill_learning_rate: each round's initial learning rate.
         num_samples: samples per evaluation cell.
         checkpoint_every: updates between checkpoints, in every stage.
+        export_max_steps: students with at most this many steps are exported (LiteRT, or ONNX
+            on torch) to workdir/exports and their latency measured; 0 exports none.
     """
 
     dataset: str = "digits"
@@ -43,6 +45,7 @@ class PipelineConfig:
     num_samples: int = 1000
     checkpoint_every: int = 1000
     batch_size: int | None = None
+    export_max_steps: int = 8
 
 
 QUICK = dict(train_steps=200, teacher_steps=8, updates_per_round=20, num_samples=200,
@@ -83,8 +86,48 @@ def run_pipeline(workdir, config=None, verbose=1):
                                      verbose=2 if verbose else 0))
     results = stage("evaluate", lambda: evaluate(workdir, teacher_dir, cfg.num_samples,
                                                  cfg.seed, verbose=verbose))
-    write_report(workdir, cfg, results, timings)
+    exports = stage("export", lambda: export_students(workdir, cfg.export_max_steps, verbose))
+    write_report(workdir, cfg, results, timings, exports)
     return results
+
+
+def export_students(workdir, max_steps=8, verbose=1):
+    """Exports each student with <= max_steps steps (float32, batch 1) to workdir/exports.
+
+    LiteRT on TensorFlow and JAX, ONNX on torch (when installed); a file already exported is
+    kept (resume). Each file's latency is measured under its bare runtime, 2 threads.
+
+    Returns:
+        A list of {"steps", "path", "bytes", "median_ms", "p10_ms", "p90_ms"}, or a string saying
+        why nothing was exported.
+    """
+    from keras_pd import export
+
+    fmt = export.runtime_format()
+    if not max_steps:
+        return "export_max_steps=0"
+    if fmt is None:
+        return (f"no exporter on KERAS_BACKEND={__import__('keras').backend.backend()} "
+                "(LiteRT needs tensorflow or jax; ONNX on torch needs pip install "
+                "'keras-pd[onnx]')")
+    rows = []
+    for steps, student in sorted(find_students(workdir).items()):
+        if steps > max_steps:
+            continue
+        path = os.path.join(workdir, "exports",
+                            f"student_{steps:04d}.{'tflite' if fmt == 'litert' else 'onnx'}")
+        meta_path = export.metadata_path(path)
+        if not (os.path.exists(path) and os.path.exists(meta_path)):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            export.export_sampler(student, path, steps=steps, format=fmt)
+        meta = ckpt.read_json(meta_path)
+        latency = export.measure_latency(path)
+        if verbose:
+            print(f"exported {path}: {meta['bytes'] / 1e6:.2f} MB, "
+                  f"{latency['median_ms']:.2f} ms per sample", flush=True)
+        rows.append(dict(steps=steps, path=os.path.relpath(path, workdir), bytes=meta["bytes"],
+                         **latency))
+    return rows
 
 
 def targets(results, workdir):
@@ -107,14 +150,25 @@ def targets(results, workdir):
             for name, value, bound in out]
 
 
-def write_report(workdir, cfg, results, timings):
-    """report.md: the results table, the targets, timings and provenance."""
+def write_report(workdir, cfg, results, timings, exports=None):
+    """report.md: the results table, the targets, the exported students, timings, provenance."""
     import keras
 
     lines = [open(os.path.join(workdir, "results.md")).read(), "## Targets", "",
              "| target | measured | bound | met |", "|---|---|---|---|"]
     for name, value, bound, ok in targets(results, workdir):
         lines.append(f"| {name} | {value:.3g} | {bound:g} | {'yes' if ok else 'NO'} |")
+    if exports is not None:
+        lines += ["", "## Exported students", ""]
+        if isinstance(exports, str):
+            lines.append(f"None: {exports}.")
+        else:
+            lines += ["Float32, batch 1; latency per sample under the bare runtime, 2 threads, "
+                      "median (p10-p90) of 50 calls.", "",
+                      "| steps | file | size | latency |", "|---|---|---|---|"]
+            lines += [f"| {r['steps']} | `{r['path']}` | {r['bytes'] / 1e6:.2f} MB | "
+                      f"{r['median_ms']:.2f} ms ({r['p10_ms']:.2f}-{r['p90_ms']:.2f}) |"
+                      for r in exports]
     total = sum(timings.values())
     lines += ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()] + [f"| total | {total:.0f} |"]

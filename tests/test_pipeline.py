@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from keras_pd import export
 from keras_pd.evaluation import ROWS, find_students
 from keras_pd.pipeline import QUICK, PipelineConfig, run_pipeline
 
@@ -24,6 +25,18 @@ def test_pipeline_end_to_end_on_digits_and_resume(tmp_path):
                  "grids/distilled_1.png"):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert "| distilled student (DDIM) |" in open(os.path.join(workdir, "results.md")).read()
+    # The students (<= 8 steps) are exported for the bare runtime and listed with latencies.
+    report = open(os.path.join(workdir, "report.md")).read()
+    fmt = export.runtime_format()
+    if fmt is None:
+        assert "## Exported students\n\nNone: no exporter" in report
+    else:
+        ext = "tflite" if fmt == "litert" else "onnx"
+        for steps in (1, 2, 4):
+            path = os.path.join(workdir, "exports", f"student_{steps:04d}.{ext}")
+            meta = json.load(open(export.metadata_path(path)))
+            assert meta["steps"] == steps and os.path.getsize(path) == meta["bytes"]
+            assert f"| {steps} | `exports/student_{steps:04d}.{ext}` |" in report
     # Rerunning finds every stage done: no retraining, the cached cells are reused.
     with open(os.path.join(workdir, "timings.json")) as f:
         before = json.load(f)
