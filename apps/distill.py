@@ -6,7 +6,7 @@ Students go to WORKDIR/student_NNNN; each is a run directory usable as --checkpo
 apps.sample and apps.export and as --teacher for a further round. Rerun to resume.
 """
 
-from apps import common
+from apps import common, scale_flags
 from absl import flags
 
 from keras_pd.distillation import DistillConfig, distill
@@ -29,6 +29,7 @@ flags.DEFINE_integer("seed", _D.seed, "Seed.")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Updates between checkpoints.")
 flags.DEFINE_float("grad_clip", _D.grad_clip, "Gradient clipping by global norm.")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
+scale_flags.define()
 FLAGS = flags.FLAGS
 
 

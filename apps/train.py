@@ -3,7 +3,7 @@
     python -m apps.train --dataset=digits --workdir=runs/digits/teacher
 """
 
-from apps import common
+from apps import common, scale_flags
 from absl import flags
 
 from keras_pd.training import TrainConfig, train
@@ -31,6 +31,7 @@ flags.DEFINE_boolean("class_conditional", _D.class_conditional, "Condition on th
 flags.DEFINE_integer("sampling_steps", None, "DDIM steps the teacher is meant to sample with.")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
 flags.DEFINE_boolean("download", False, "Let tensorflow-datasets download (needs network).")
+scale_flags.define()
 FLAGS = flags.FLAGS
 
 

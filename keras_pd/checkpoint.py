@@ -114,6 +114,8 @@ def clone_uncompiled(model):
 def ema_weights(model):
     """Temporarily swaps the optimizer's EMA weights into the model (no-op without EMA)."""
     optimizer = getattr(model, "optimizer", None)
+    # mixed_float16: Keras wraps the optimizer in a LossScaleOptimizer; the EMA is the inner one's.
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     averages = getattr(optimizer, "_model_variables_moving_average", None)
     if not getattr(optimizer, "use_ema", False) or not averages or not optimizer.built:
         yield model

@@ -9,6 +9,7 @@ weight the error.
 import keras
 from keras import ops
 
+from keras_pd import distribute
 from keras_pd.parameterization import Prediction, check_parameterization, predict, v_from_x_eps
 from keras_pd.schedules import (
     LOGSNR_MAX,
@@ -60,7 +61,12 @@ class DiffusionModel(keras.Model):
         self.logsnr_max = float(logsnr_max)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.augment = keras.layers.RandomFlip("horizontal", seed=seed) if flip else None
+        # float32 flips under mixed policies too: images are data, not activations.
+        self.augment = (keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32")
+                        if flip else None)
+        # The network gets z and its time in float32 (a bfloat16 time would wreck the
+        # sinusoidal embedding); its own layers cast to their compute dtype.
+        self.network.autocast = False
         self._build_network()
 
     def _build_network(self):
@@ -105,6 +111,7 @@ class DiffusionModel(keras.Model):
         else:
             labels = None
         output = self.network(z, network_time(logsnr), labels, training=training)
+        output = ops.cast(output, "float32")  # mixed policies: the diffusion math in float32
         return predict(self.parameterization, output, z, expand_to(alpha, z), expand_to(sigma, z),
                        clip=clip)
 
@@ -126,9 +133,13 @@ class DiffusionModel(keras.Model):
         x = ops.convert_to_tensor(x, "float32")
         self.check_input(x, "the training batch")
         if self.augment is not None and training:
-            x = self.augment(x, training=True)
-        t = keras.random.uniform((ops.shape(x)[0],), seed=self.seed_generator)
-        eps = keras.random.normal(ops.shape(x), seed=self.seed_generator)
+            x = self.flip_batch(x)
+        # Draws for the global batch: under tf.distribute each replica keeps its rows, so the
+        # step equals the one-device step (the same t and eps for every example).
+        rows = ops.shape(x)[0] * distribute.replicas_in_step()
+        t = distribute.replica_rows(keras.random.uniform((rows,), seed=self.seed_generator))
+        eps = distribute.replica_rows(
+            keras.random.normal((rows,) + self.data_shape, seed=self.seed_generator))
         z, logsnr = self.noise(x, t, eps)
         alpha, sigma = alpha_sigma(logsnr)
         target = Prediction(x, eps, v_from_x_eps(x, eps, expand_to(alpha, x), expand_to(sigma, x)))
@@ -136,7 +147,17 @@ class DiffusionModel(keras.Model):
         loss = ops.mean(weighted_loss(self.weighting, prediction, target))
         if self.losses:
             loss = loss + ops.sum(self.losses)
-        return loss
+        return distribute.scale_loss(loss)
+
+    def flip_batch(self, x):
+        """Random horizontal flips of a training batch (global-batch draws, like t and eps)."""
+        replicas = distribute.replicas_in_step()
+        if replicas == 1:
+            return self.augment(x, training=True)
+        rows = ops.shape(x)[0] * replicas
+        draw = self.augment.get_random_transformation(ops.zeros((rows, 1, 1, 1)), training=True)
+        flips = distribute.replica_rows(draw["flips"])
+        return self.augment.transform_images(x, {"flips": flips, "input_shape": ops.shape(x)})
 
     def sample(self, noise, num_steps, sampler="ddim", gamma=0.0, labels=None, clip=True,
                seed=None):

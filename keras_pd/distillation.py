@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 from keras_pd import checkpoint as ckpt
+from keras_pd import distribute
 from keras_pd.data import BatchStream, load_dataset
 from keras_pd.diffusion import DiffusionModel
 from keras_pd.parameterization import prediction_from_x
@@ -66,12 +67,16 @@ def distillation_target(teacher_denoise, z_t, t, num_student_steps, logsnr_fn):
     return ops.stop_gradient(x_tilde), ops.stop_gradient(z_2)
 
 
-def copy_model(model, dropout=None):
-    """A DiffusionModel with the same config and weights (dropout optionally overridden)."""
+def copy_model(model, dropout=None, dtype_policy=None):
+    """A DiffusionModel with the same config and weights (dropout, dtype policy overridden)."""
     config = model.get_config()
     if dropout is not None and "dropout" in config["network"].get("config", {}):
         config["network"]["config"]["dropout"] = dropout
-    copy = DiffusionModel.from_config(config)
+    if dtype_policy is None:
+        copy = DiffusionModel.from_config(config)
+    else:
+        with distribute.dtype_policy(dtype_policy):
+            copy = DiffusionModel.from_config(distribute.with_dtype_policy(config, dtype_policy))
     copy.set_weights(model.get_weights())
     return copy
 
@@ -119,12 +124,15 @@ class DistillationModel(keras.Model):
         x = ops.convert_to_tensor(x, "float32")
         self.student.check_input(x, "the training batch")
         if self.student.augment is not None and training:
-            x = self.student.augment(x, training=True)
-        batch = ops.shape(x)[0]
+            x = self.student.flip_batch(x)
+        # Global-batch draws, each tf.distribute replica keeping its rows (as in DiffusionModel).
+        rows = ops.shape(x)[0] * distribute.replicas_in_step()
         n = self.student_steps
-        i = keras.random.randint((batch,), 1, n + 1, seed=self.seed_generator)
+        i = distribute.replica_rows(keras.random.randint((rows,), 1, n + 1,
+                                                         seed=self.seed_generator))
         t = ops.cast(i, "float32") / float(n)
-        eps = keras.random.normal(ops.shape(x), seed=self.seed_generator)
+        eps = distribute.replica_rows(
+            keras.random.normal((rows,) + self.student.data_shape, seed=self.seed_generator))
         z_t, logsnr = self.student.noise(x, t, eps)
         labels = y if self.student.num_classes else None
 
@@ -135,7 +143,7 @@ class DistillationModel(keras.Model):
         alpha, sigma = (expand_to(v, x) for v in alpha_sigma(logsnr))
         target = prediction_from_x(z_t, x_tilde, alpha, sigma)
         prediction = self.student.denoise(z_t, logsnr, labels=labels, training=training)
-        return ops.mean(weighted_loss(self.weighting, prediction, target))
+        return distribute.scale_loss(ops.mean(weighted_loss(self.weighting, prediction, target)))
 
     def get_config(self):
         config = super().get_config()
@@ -182,6 +190,13 @@ class DistillConfig:
     checkpoint_every: int = 500
     grad_clip: float = 1.0
     data_dir: str | None = None
+    # Scale-out and precision (keras_pd.distribute; docs/scaling.md); batch_size is global.
+    distribution: str = "none"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    tpu: str | None = None
+    dtype_policy: str = "float32"
 
 
 def student_dir(workdir, steps):
@@ -200,6 +215,8 @@ def plan(cfg, teacher_card):
                             "teacher_steps")
     if n0 < 2:
         raise ValueError("teacher_steps must be at least 2 to distill")
+    distribute.check_distribution(cfg.distribution)
+    distribute.check_dtype_policy(cfg.dtype_policy)
     end = check_power_of_two(cfg.end_steps if cfg.end_steps else n0 // 2, "end_steps")
     if end >= n0:
         raise ValueError(f"end_steps ({end}) must be below the teacher's steps ({n0})")
@@ -241,15 +258,19 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
                 f"{os.path.abspath(teacher_dir)}: use another --workdir")
         if card.get("complete"):
             return card
-    teacher, _ = ckpt.load_model(teacher_dir)
+    engine = distribute.from_config(cfg)
+    engine.check_batch_size(cfg.batch_size)
     _check_teacher_data(teacher_card, dataset)
     updates = round_updates(cfg, student_steps)
-    with ckpt.workdir_lock(out_dir):
-        student = copy_model(teacher, dropout=0.0)
+    # Load, build, compile and fit under the engine; both models take the run's dtype policy.
+    with ckpt.workdir_lock(out_dir), engine.scope():
+        teacher = copy_model(ckpt.load_model(teacher_dir)[0], dtype_policy=cfg.dtype_policy)
+        student = copy_model(teacher, dropout=0.0, dtype_policy=cfg.dtype_policy)
         model = DistillationModel(teacher, student, student_steps, cfg.weighting,
                                   seed=cfg.seed + round_index)
-        model.compile(optimizer=make_optimizer(cfg.learning_rate, decay_steps=updates,
-                                               grad_clip=cfg.grad_clip))
+        optimizer = make_optimizer(cfg.learning_rate, decay_steps=updates,
+                                   grad_clip=cfg.grad_clip)
+        model.compile(optimizer=engine.optimizer(optimizer))
         model.optimizer.build(model.trainable_variables)
         manager = ckpt.CheckpointManager(os.path.join(out_dir, "checkpoints"))
         card = {k: teacher_card[k] for k in ("dataset", "data_shape", "num_classes", "preset",
@@ -279,7 +300,7 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
                                  start_step=start)
             initial_epoch = start // cfg.checkpoint_every
             epochs = initial_epoch + math.ceil((updates - start) / cfg.checkpoint_every)
-            model.fit(stream.generator(), steps_per_epoch=cfg.checkpoint_every, epochs=epochs,
+            model.fit(engine.input(stream), steps_per_epoch=cfg.checkpoint_every, epochs=epochs,
                       initial_epoch=initial_epoch, verbose=verbose, shuffle=False,
                       callbacks=[run_cb])
             card = run_cb.card

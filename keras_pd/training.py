@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from keras_pd import checkpoint as ckpt
+from keras_pd import distribute
 from keras_pd.data import BatchStream, check_dataset_name, load_dataset
 from keras_pd.images import save_grid_png
 from keras_pd.diffusion import DiffusionModel
@@ -65,6 +66,13 @@ class TrainConfig:
     sampling_steps: int | None = None
     data_dir: str | None = None
     download: bool = False
+    # Scale-out and precision (keras_pd.distribute; docs/scaling.md); batch_size is global.
+    distribution: str = "none"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    tpu: str | None = None
+    dtype_policy: str = "float32"
 
     def resolved(self):
         """A copy with dataset defaults filled in, validated."""
@@ -79,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"no default preset for dataset {cfg.dataset!r}: pass --preset")
         check_parameterization(cfg.parameterization)
         check_weighting(cfg.weighting)
+        cfg.distribution = distribute.check_distribution(cfg.distribution)
+        cfg.dtype_policy = distribute.check_dtype_policy(cfg.dtype_policy)
         for name in ("train_steps", "batch_size", "checkpoint_every", "sample_every",
                      "sampling_steps"):
             check_steps(getattr(cfg, name), name)
@@ -244,9 +254,12 @@ def train(config, workdir, verbose=1):
         The trained DiffusionModel (EMA weights are in workdir/model.keras).
     """
     cfg = config.resolved()
+    engine = distribute.from_config(cfg)  # before any TF op (multi_worker, tpu)
+    engine.check_batch_size(cfg.batch_size)
     dataset = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                            seed=cfg.seed)
-    with ckpt.workdir_lock(workdir):
+    # Build, compile and fit under the engine (strategy scope / keras distribution).
+    with ckpt.workdir_lock(workdir), engine.scope():
         manager = ckpt.CheckpointManager(os.path.join(workdir, "checkpoints"))
         card = card_for(cfg, dataset)
         if manager.steps():
@@ -261,11 +274,13 @@ def train(config, workdir, verbose=1):
                 raise ckpt.CheckpointError(
                     f"{workdir} holds a model for data shape {old.get('data_shape')}, "
                     f"not {list(dataset.data_shape)}")
-        model = build_teacher(cfg, dataset)
-        model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
-                                               ema_decay=cfg.ema_decay,
-                                               weight_decay=cfg.weight_decay,
-                                               grad_clip=cfg.grad_clip))
+        with distribute.dtype_policy(cfg.dtype_policy):
+            model = build_teacher(cfg, dataset)
+        optimizer = make_optimizer(cfg.learning_rate, cfg.warmup_steps,
+                                   ema_decay=cfg.ema_decay,
+                                   weight_decay=cfg.weight_decay,
+                                   grad_clip=cfg.grad_clip)
+        model.compile(optimizer=engine.optimizer(optimizer))
         model.optimizer.build(model.trainable_variables)
         state = manager.restore(model)
         start = 0
@@ -285,7 +300,7 @@ def train(config, workdir, verbose=1):
         stream = BatchStream(dataset.x, y, cfg.batch_size, seed=cfg.seed, start_step=start)
         initial_epoch = start // cfg.checkpoint_every
         epochs = initial_epoch + math.ceil((cfg.train_steps - start) / cfg.checkpoint_every)
-        model.fit(stream.generator(), steps_per_epoch=cfg.checkpoint_every, epochs=epochs,
+        model.fit(engine.input(stream), steps_per_epoch=cfg.checkpoint_every, epochs=epochs,
                   initial_epoch=initial_epoch, verbose=verbose, shuffle=False,
                   callbacks=[run_cb] + _log_callbacks(workdir))
     return model

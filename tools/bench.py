@@ -513,6 +513,8 @@ def parse_args(argv=None):
                    help="intra-op threads of the backend (torch, tensorflow; jax: only 1); "
                         "0 keeps the backend's default")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype_policy", default="float32",
+                   help="Keras dtype policy of the models (float32, mixed_bfloat16, mixed_float16)")
     return p.parse_args(argv)
 
 
@@ -534,6 +536,7 @@ def main(argv=None):
 
     backend = keras.backend.backend()
     set_threads(backend, args.threads)
+    keras.config.set_dtype_policy(args.dtype_policy)  # models built from here on use it
     report = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join([f"KERAS_BACKEND={backend}", "python"] + sys.argv),
@@ -541,6 +544,7 @@ def main(argv=None):
         "versions": backend_versions(backend),
         "python": platform.python_version(),
         "threads": args.threads or "default",
+        "dtype_policy": args.dtype_policy,
         "machine": {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
                     "cpu_model": cpu_model(), "platform": platform.platform(),
                     "loadavg_start": [round(v, 2) for v in load_start]},

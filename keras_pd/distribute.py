@@ -1,0 +1,361 @@
+"""Scale-out and mixed precision: the one backend-aware module of keras_pd.
+
+Engines (`--distribution`):
+
+| name | backend | what |
+|---|---|---|
+| `none` | any | one device (the default) |
+| `data_parallel` | jax | `keras.distribution.DataParallel` over every device; multi-host through `keras.distribution.initialize` |
+| `mirrored` | tensorflow | `tf.distribute.MirroredStrategy` over the local GPUs (or logical CPUs) |
+| `multi_worker` | tensorflow | `tf.distribute.MultiWorkerMirroredStrategy`, cluster from `TF_CONFIG` |
+| `tpu` | tensorflow | `tf.distribute.TPUStrategy`, cluster from a TPU cluster-resolver address |
+
+`--batch_size` is always the global batch. Training code stays one path: `Engine.scope()` wraps
+model building, compile and fit; `Engine.input(...)` turns the global-batch stream into what
+the engine feeds its replicas; inside a step, `replicas_in_step`, `replica_rows` and
+`scale_loss` make a per-replica `compute_loss` equal to the single-device one:
+
+* On JAX the step sees the global batch (sharded arrays), so nothing changes.
+* On TensorFlow each replica sees its rows of the global batch. Random draws are made for the
+  global batch and each replica keeps its own rows (the same draws as on one device, not R
+  copies of one local draw); the loss, a mean over the replica's rows, is divided by the
+  replica count because the optimizer sums gradients over replicas (REFERENCE 8); and global
+  norm clipping, which Keras applies to each replica's gradient before that sum, is moved after
+  it (see `_clip_after_all_reduce`).
+
+Mixed precision (`--dtype_policy`): `float32`, `mixed_bfloat16`, `mixed_float16` (Keras wraps the
+optimizer in a `LossScaleOptimizer` at compile). Variables stay float32; the diffusion math runs in
+float32 (the model casts the network output; see `diffusion.DiffusionModel.denoise`).
+"""
+
+import contextlib
+
+import keras
+
+DISTRIBUTIONS = ("none", "data_parallel", "mirrored", "multi_worker", "tpu")
+_BACKEND_OF = {"data_parallel": "jax", "mirrored": "tensorflow", "multi_worker": "tensorflow",
+               "tpu": "tensorflow"}
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def _what_works(backend):
+    names = [n for n, b in _BACKEND_OF.items() if b == backend]
+    if names:
+        return f"on the {backend} backend use --distribution={' or '.join(['none'] + names)}"
+    return ("multi-device training runs on KERAS_BACKEND=jax (data_parallel) or "
+            "KERAS_BACKEND=tensorflow (mirrored, multi_worker, tpu)")
+
+
+def check_distribution(name, backend=None):
+    """Validates a distribution name for a backend (default: the current one).
+
+    Raises:
+        ValueError: one line naming what works, for an unknown name or a mismatched backend.
+    """
+    backend = backend or keras.backend.backend()
+    name = "none" if name in (None, "") else str(name)
+    if name not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {name!r}: {_what_works(backend)}")
+    if name != "none" and _BACKEND_OF[name] != backend:
+        raise ValueError(f"distribution {name!r} needs KERAS_BACKEND={_BACKEND_OF[name]}, not "
+                         f"{backend}: {_what_works(backend)}")
+    return name
+
+
+def check_dtype_policy(name):
+    """Validates a dtype policy name (None means float32)."""
+    name = "float32" if name in (None, "") else str(name)
+    if name not in DTYPE_POLICIES:
+        raise ValueError(f"unknown dtype policy {name!r}: use one of {', '.join(DTYPE_POLICIES)}")
+    return name
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Sets Keras's global dtype policy while models are built, then restores it."""
+    name = check_dtype_policy(name)
+    old = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(old)
+
+
+def with_dtype_policy(config, name):
+    """A copy of a serialized model config with every layer's dtype policy set to `name`.
+
+    Lets a distillation run use its own policy whatever the teacher was trained with (variables
+    are float32 under every policy, so the weights carry over unchanged).
+    """
+    name = check_dtype_policy(name)
+
+    def rewrite(obj):
+        if isinstance(obj, dict):
+            out = {k: rewrite(v) for k, v in obj.items()}
+            if "dtype" in out and isinstance(out["dtype"], dict) and (
+                    "DTypePolicy" in str(out["dtype"].get("class_name", ""))):
+                out["dtype"] = name
+            return out
+        if isinstance(obj, list):
+            return [rewrite(v) for v in obj]
+        return obj
+
+    return rewrite(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside a training step (called from compute_loss; single device: identities).
+
+
+def _tf_replica_context():
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return None
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return None
+    return ctx
+
+
+def replicas_in_step():
+    """How many replicas share this step's global batch (1 unless inside a tf.distribute step)."""
+    ctx = _tf_replica_context()
+    return 1 if ctx is None else int(ctx.num_replicas_in_sync)
+
+
+def replica_rows(values):
+    """This replica's rows of a tensor drawn for the global batch ([R * b, ...] -> [b, ...]).
+
+    Replica r holds rows r*b .. r*b+b-1 of the global batch (`Engine.input` feeds them so).
+    """
+    ctx = _tf_replica_context()
+    if ctx is None:
+        return values
+    import tensorflow as tf
+
+    n = ctx.num_replicas_in_sync
+    b = tf.shape(values)[0] // n
+    start = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * b
+    return values[start:start + b]
+
+
+def scale_loss(loss):
+    """Divides a replica's mean loss by the replica count (the optimizer sums over replicas)."""
+    n = replicas_in_step()
+    return loss if n == 1 else loss / float(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines.
+
+_ENGINES = {}
+
+
+class Engine:
+    """A set-up distribution: where models are built and how the global batch is fed.
+
+    Attributes:
+        name: the distribution name.
+        num_replicas: devices sharing each global batch.
+        process_index, process_count: this host among the hosts feeding data.
+    """
+
+    def __init__(self, name, strategy=None, distribution=None):
+        self.name = name
+        self.strategy = strategy
+        self.distribution = distribution
+        self.num_replicas = 1
+        self.process_index, self.process_count = 0, 1
+        if strategy is not None:
+            self.num_replicas = int(strategy.num_replicas_in_sync)
+            resolver = getattr(strategy, "cluster_resolver", None)
+            if resolver is not None and getattr(resolver, "task_type", None):
+                self.process_index = int(resolver.task_id or 0)
+        if distribution is not None:
+            import jax
+
+            self.num_replicas = len(distribution.device_mesh.devices.flatten())
+            self.process_index, self.process_count = jax.process_index(), jax.process_count()
+
+    def __repr__(self):
+        return f"Engine({self.name}, replicas={self.num_replicas})"
+
+    @contextlib.contextmanager
+    def scope(self):
+        """Build, compile and fit models inside this."""
+        if self.strategy is not None:
+            with self.strategy.scope():
+                yield
+        elif self.distribution is not None:
+            with self.distribution.scope():
+                yield
+        else:
+            yield
+
+    def check_batch_size(self, batch_size):
+        """Raises ValueError unless the global batch splits evenly over replicas and hosts."""
+        for count, what in ((self.num_replicas, "replicas"), (self.process_count, "hosts")):
+            if batch_size % count:
+                raise ValueError(f"batch_size {batch_size} (the global batch) must be a "
+                                 f"multiple of the {count} {what} of --distribution={self.name}")
+        return batch_size
+
+    def optimizer(self, optimizer):
+        """The optimizer adapted to the engine (TF replicas: clip after the all-reduce)."""
+        if self.strategy is not None and self.num_replicas > 1:
+            return _clip_after_all_reduce(optimizer)
+        return optimizer
+
+    def input(self, stream):
+        """What to pass to `fit` for a `data.BatchStream` of global batches.
+
+        One device: the stream's generator. JAX: each host's slice of every global batch
+        (Keras assembles the global, sharded array). TensorFlow: a distributed dataset whose
+        replica r gets rows r*b .. r*b+b-1 of global batch k (b = batch / replicas), k counting
+        from the stream's current step; every iterator Keras opens restarts there (fit peeks a
+        batch to build the model under a strategy).
+        """
+        self.check_batch_size(stream.batch_size)
+        if self.distribution is not None:
+            return self._process_local(stream.generator(), stream.batch_size)
+        if self.strategy is None:
+            return stream.generator()
+        return self._tf_distributed(stream)
+
+    def _process_local(self, batches, batch_size):
+        p, n = self.process_index, self.process_count
+        b = batch_size // n
+        for batch in batches:
+            yield batch if n == 1 else tuple(a[p * b:(p + 1) * b] for a in batch)
+
+    def _tf_distributed(self, stream):
+        import tensorflow as tf
+
+        b = stream.batch_size // self.num_replicas
+        start = stream.step
+        spec = (tf.TensorSpec((b,) + tuple(stream.x.shape[1:]), tf.float32),)
+        if stream.y is not None:
+            spec += (tf.TensorSpec((b,), tf.int32),)
+
+        def per_worker(context):
+            local = context.num_replicas_in_sync // context.num_input_pipelines
+            first = context.input_pipeline_id * local
+
+            def gen():  # this worker's replicas' rows of batches start, start + 1, ...
+                k = start
+                while True:
+                    batch = stream.batch(k)
+                    batch = batch if isinstance(batch, tuple) else (batch,)
+                    for r in range(first, first + local):
+                        yield tuple(a[r * b:(r + 1) * b] for a in batch)
+                    k += 1
+
+            return tf.data.Dataset.from_generator(gen, output_signature=spec)
+
+        return self.strategy.distribute_datasets_from_function(per_worker)
+
+
+def _clip_after_all_reduce(optimizer):
+    """Makes a TF optimizer clip by global norm after summing gradients over replicas.
+
+    Keras 3 clips inside `apply` before `_backend_update_step` all-reduces, i.e. each replica's
+    partial gradient by its own norm; that differs from one-device training whenever clipping
+    is active. Here per-replica clipping is skipped and the summed gradient is clipped.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if not getattr(inner, "global_clipnorm", None) or getattr(inner, "_pd_reduce_then_clip",
+                                                              False):
+        return optimizer
+    base = type(inner)
+
+    class ReduceThenClip(base):
+        _pd_reduce_then_clip = True
+
+        def _clip_gradients(self, grads):
+            return grads  # per replica: clipped after the sum instead
+
+        def _all_reduce_sum_gradients(self, grads_and_vars):
+            reduced = list(super()._all_reduce_sum_gradients(grads_and_vars))
+            grads = [g for g, _ in reduced]
+            clipped = base._clip_gradients(self, grads)
+            return [(c, v) for c, (_, v) in zip(clipped, reduced)]
+
+    ReduceThenClip.__name__ = base.__name__
+    inner.__class__ = ReduceThenClip
+    return optimizer
+
+
+def setup(name="none", coordinator_address=None, num_processes=None, process_id=None,
+          tpu=None):
+    """Creates (once per process) the engine for a distribution name.
+
+    Args:
+        name: one of DISTRIBUTIONS.
+        coordinator_address: JAX multi-host: host:port of process 0.
+        num_processes: JAX multi-host: number of processes.
+        process_id: JAX multi-host: this process's id (0 .. num_processes - 1).
+        tpu: TPUStrategy: the cluster-resolver address ("" or "local" for a TPU VM).
+
+    Raises:
+        ValueError: a name that does not fit the backend, or multi-host flags without
+            data_parallel.
+    """
+    name = check_distribution(name)
+    multi_host = (coordinator_address, num_processes, process_id)
+    if name != "data_parallel" and any(v is not None for v in multi_host):
+        raise ValueError("--coordinator_address, --num_processes and --process_id are for "
+                         "--distribution=data_parallel (TF multi_worker reads TF_CONFIG)")
+    if name != "tpu" and tpu is not None:
+        raise ValueError("--tpu is for --distribution=tpu")
+    key = (name, coordinator_address, num_processes, process_id, tpu)
+    if key in _ENGINES:
+        return _ENGINES[key]
+    if name == "none":
+        engine = Engine(name)
+    elif name == "data_parallel":
+        if any(v is not None for v in multi_host):
+            if None in multi_host:
+                raise ValueError("multi-host data_parallel needs all of --coordinator_address, "
+                                 "--num_processes and --process_id")
+            keras.distribution.initialize(coordinator_address, int(num_processes),
+                                          int(process_id))
+        engine = Engine(name, distribution=keras.distribution.DataParallel(
+            devices=keras.distribution.list_devices()))
+    else:
+        import tensorflow as tf
+
+        if name == "mirrored":
+            strategy = tf.distribute.MirroredStrategy(_tf_local_devices())
+        elif name == "multi_worker":
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        else:
+            address = "" if tpu in (None, "local") else tpu
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            strategy = tf.distribute.TPUStrategy(resolver)
+        engine = Engine(name, strategy=strategy)
+    _ENGINES[key] = engine
+    return engine
+
+
+def _tf_local_devices():
+    """GPUs if any, else every logical CPU (MirroredStrategy's default ignores extra CPUs)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+
+
+def from_config(cfg):
+    """The engine for a TrainConfig or DistillConfig (their distribution fields)."""
+    return setup(getattr(cfg, "distribution", "none"),
+                 coordinator_address=getattr(cfg, "coordinator_address", None),
+                 num_processes=getattr(cfg, "num_processes", None),
+                 process_id=getattr(cfg, "process_id", None),
+                 tpu=getattr(cfg, "tpu", None))
+
