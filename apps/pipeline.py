@@ -25,6 +25,12 @@ flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Updates between c
 flags.DEFINE_integer("batch_size", None, "Batch size (default: the dataset's).")
 flags.DEFINE_integer("export_max_steps", _D.export_max_steps,
                      "Export students with at most this many steps (LiteRT; ONNX on torch); 0: none.")
+flags.DEFINE_boolean("guided", _D.guided, "The guided job: class-conditional teacher with label "
+                     "dropout, guided distillation, guided evaluation (default workdir "
+                     "runs/DATASET_guided).")
+flags.DEFINE_float("label_dropout", _D.label_dropout, "Guided teacher's null-label probability.")
+flags.DEFINE_float("guidance_max", _D.guidance_max, "Guided distillation trains w in [0, max].")
+flags.DEFINE_integer("guided_updates", _D.guided_updates, "Updates of the w-input stage.")
 flags.DEFINE_boolean("quick", False, "Tiny sizes for a smoke test (overrides size flags).")
 FLAGS = flags.FLAGS
 
@@ -33,7 +39,8 @@ def main(argv):
     values = {name: FLAGS[name].value for name in PipelineConfig.__dataclass_fields__}
     if FLAGS.quick:
         values.update(QUICK)
-    workdir = FLAGS.workdir or f"runs/{FLAGS.dataset.replace(':', '_')}"
+    workdir = FLAGS.workdir or (f"runs/{FLAGS.dataset.replace(':', '_')}"
+                                + ("_guided" if FLAGS.guided else ""))
     run_pipeline(workdir, PipelineConfig(**values))
     print(open(f"{workdir}/report.md").read())
 

@@ -18,12 +18,15 @@ flags.DEFINE_integer("seed", 0, "Seed of the starting noise.")
 flags.DEFINE_string("noise_file", None, ".npy with the starting noise [num, *data_shape].")
 flags.DEFINE_list("labels", None, "Class-conditional models: one label or one per sample.")
 flags.DEFINE_string("output", "samples", "Output prefix: writes PREFIX.png and PREFIX.npz.")
+flags.DEFINE_float("guidance", None, "Classifier-free guidance weight w (models trained with "
+                   "--label_dropout, and guided students).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     samples = generate(FLAGS.checkpoint, FLAGS.output, FLAGS.steps, FLAGS.sampler, FLAGS.gamma,
-                       FLAGS.num_samples, FLAGS.seed, FLAGS.noise_file, FLAGS.labels)
+                       FLAGS.num_samples, FLAGS.seed, FLAGS.noise_file, FLAGS.labels,
+                       guidance=FLAGS.guidance)
     print(f"wrote {len(samples)} samples to {FLAGS.output}.png and {FLAGS.output}.npz")
 
 

@@ -237,3 +237,98 @@ def plot(path, results):
     ax.legend(fontsize=8)
     fig.tight_layout()
     ckpt.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+GUIDANCE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+def evaluate_guided(workdir, teacher_dir=None, guided_dir=None, ws=GUIDANCE_WEIGHTS,
+                    num_samples=1000, seed=0, verbose=1):
+    """Guided sampling quality vs. w: the teacher (two calls per step) at its full steps and
+    each guided student (one call per step) at its steps.
+
+    Every cell samples the same noise with labels cycling 0..K-1 and reports the domain-
+    classifier FID against all real data and the label accuracy (the classifier's class equals
+    the requested label). Cells are cached in guided_results.json; writes guided_results.md.
+
+    Args:
+        workdir: holds the guided cascade's students (student_NNNN, taking w).
+        teacher_dir: the class-conditional teacher (default: workdir/teacher).
+        guided_dir: the stage-one student (default: the workdir's guided_NNNN), also scored.
+        ws: the guidance weights.
+        num_samples: samples per cell.
+        seed: seed of the noise.
+
+    Returns:
+        The results dict.
+    """
+    teacher_dir = teacher_dir or os.path.join(workdir, "teacher")
+    teacher, card = ckpt.load_model(teacher_dir)
+    if not teacher.guidable:
+        raise ValueError(f"{teacher_dir} is not a class-conditional teacher trained with "
+                         "label dropout")
+    full = int(card["sampling_steps"])
+    dataset = load_dataset(card["dataset"], seed=card.get("seed", 0))
+    scorer = Scorer(dataset, workdir, seed=seed)
+    models = {f"teacher_{full}": (teacher_dir, full)}
+    if guided_dir is None:
+        found = sorted(n for n in os.listdir(workdir) if n.startswith("guided_"))
+        guided_dir = os.path.join(workdir, found[0]) if found else None
+    if guided_dir and os.path.exists(os.path.join(guided_dir, ckpt.CARD_NAME)):
+        models[f"guided_{full}"] = (guided_dir, full)
+    for steps, path in sorted(find_students(workdir).items(), reverse=True):
+        models[f"student_{steps}"] = (path, steps)
+    path = os.path.join(workdir, "guided_results.json")
+    results = ckpt.read_json(path) if os.path.exists(path) else {}
+    if (results.get("num_samples"), results.get("seed")) != (num_samples, seed):
+        results = {}
+    results.update(dataset=card["dataset"], teacher=os.path.abspath(teacher_dir),
+                   num_samples=num_samples, seed=seed, ws=list(ws), metric=scorer.name,
+                   rows=list(models), **{k: v for k, v in scorer.info.items() if k != "metric"})
+    cells = results.setdefault("cells", {})
+    noise = np.random.default_rng(seed).standard_normal(
+        (num_samples,) + teacher.data_shape).astype("float32")
+    labels = (np.arange(num_samples) % teacher.num_classes).astype("int32")
+    for name, (directory, steps) in models.items():
+        model = None
+        for w in ws:
+            key = f"{name}_w{w:g}"
+            if key in cells:
+                continue
+            model = model or ckpt.load_model(directory)[0]
+            samples = np.concatenate([
+                model.sample(noise[i:i + 500], steps, labels=labels[i:i + 500], guidance=w)
+                for i in range(0, num_samples, 500)])
+            cell = scorer(samples)
+            predicted = scorer.classifier.probabilities(samples).argmax(-1)
+            cell["label_accuracy"] = float(np.mean(predicted == labels))
+            cells[key] = cell
+            save_grid_png(samples[:64], os.path.join(workdir, "grids", f"{key}.png"))
+            ckpt.write_json(path, results)
+            if verbose:
+                print(f"  {key}: FID {cell['metric']:.3g}, label accuracy "
+                      f"{cell['label_accuracy']:.3f}", flush=True)
+    ckpt.write_json(path, results)
+    write_guided_markdown(os.path.join(workdir, "guided_results.md"), results)
+    return results
+
+
+def write_guided_markdown(path, results):
+    """guided_results.md: FID and label accuracy per (model, w)."""
+    ws = results["ws"]
+    lines = [f"# Guided sampling on {results['dataset']}: {results['metric']} / label accuracy "
+             "vs. guidance weight w", "",
+             f"{results['num_samples']} samples per cell, labels cycling over the classes, the "
+             f"same noise (seed {results['seed']}) in every cell; reference: "
+             f"{results.get('reference', 'n/a')}. Classifier test accuracy "
+             f"{results.get('classifier_test_accuracy', float('nan')):.3f}.", "",
+             "| model (steps) | " + " | ".join(f"w = {w:g}" for w in ws) + " |",
+             "|---" * (len(ws) + 1) + "|"]
+    for name in results["rows"]:
+        kind, steps = name.rsplit("_", 1)
+        label = {"teacher": "teacher, 2 calls/step", "guided": "w-input student (stage one)",
+                 "student": "guided student"}[kind] + f" ({steps})"
+        row = [results["cells"].get(f"{name}_w{w:g}") for w in ws]
+        lines.append(f"| {label} | " + " | ".join(
+            f"{c['metric']:.2f} / {c['label_accuracy']:.2f}" if c else "-" for c in row) + " |")
+    ckpt.atomic_write(path, lambda tmp: open(tmp, "w").write("\n".join(lines) + "\n"))

@@ -42,7 +42,7 @@ def parse_labels(labels, num, num_classes):
 
 
 def generate(checkpoint, output, steps=None, sampler="ddim", gamma=0.0, num_samples=64, seed=0,
-             noise_file=None, labels=None, batch_size=256):
+             noise_file=None, labels=None, batch_size=256, guidance=None):
     """Samples a run directory's model and writes OUTPUT.png (grid) and OUTPUT.npz (`samples`).
 
     Args:
@@ -56,6 +56,8 @@ def generate(checkpoint, output, steps=None, sampler="ddim", gamma=0.0, num_samp
         noise_file: a .npy of starting noise [num, *data_shape]; overrides num_samples and seed.
         labels: list of label strings/ints for class-conditional models.
         batch_size: samples per compiled call.
+        guidance: classifier-free guidance weight w (models trained with label dropout, and
+            guided students); None: unguided.
 
     Returns:
         The samples, numpy [num, *data_shape] in [-1, 1].
@@ -70,12 +72,20 @@ def generate(checkpoint, output, steps=None, sampler="ddim", gamma=0.0, num_samp
         noise = np.random.default_rng(seed).standard_normal(
             (num_samples,) + model.data_shape).astype("float32")
     num = len(noise)
+    if labels and not model.num_classes:
+        raise ValueError(f"labels {','.join(map(str, labels))} given, but the model in "
+                         f"{checkpoint} is not class-conditional: drop --labels")
     lab = parse_labels(labels, num, model.num_classes) if model.num_classes else None
+    if guidance is not None and not model.guidable:
+        raise ValueError(f"guidance given, but the model in {checkpoint} was not trained for it "
+                         "(needs --class_conditional --label_dropout > 0, or a guided student)")
+    if guidance is not None and not 0.0 <= guidance <= 100.0:
+        raise ValueError(f"guidance must lie in [0, 100], got {guidance}")
     out = []
     for i in range(0, num, batch_size):
         out.append(model.sample(noise[i:i + batch_size], steps, sampler=sampler, gamma=gamma,
                                 labels=None if lab is None else lab[i:i + batch_size],
-                                seed=seed))
+                                seed=seed, guidance=guidance))
     samples = np.concatenate(out)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     save_grid_png(samples, output + ".png")

@@ -11,7 +11,7 @@ import time
 
 from keras_pd import checkpoint as ckpt
 from keras_pd.distillation import DistillConfig, distill
-from keras_pd.evaluation import evaluate, find_students
+from keras_pd.evaluation import evaluate, evaluate_guided, find_students
 from keras_pd.training import TrainConfig, train
 
 
@@ -32,6 +32,11 @@ class PipelineConfig:
         checkpoint_every: updates between checkpoints, in every stage.
         export_max_steps: students with at most this many steps are exported (LiteRT, or ONNX
             on torch) to workdir/exports and their latency measured; 0 exports none.
+        guided: the guided job instead: a class-conditional teacher trained with label dropout,
+            guided distillation (a w-input student, then the cascade), guided evaluation.
+        label_dropout: the guided teacher's null-label probability.
+        guidance_max: guided distillation trains w ~ U[0, guidance_max].
+        guided_updates: updates of the w-input stage.
     """
 
     dataset: str = "digits"
@@ -46,10 +51,14 @@ class PipelineConfig:
     checkpoint_every: int = 1000
     batch_size: int | None = None
     export_max_steps: int = 8
+    guided: bool = False
+    label_dropout: float = 0.1
+    guidance_max: float = 4.0
+    guided_updates: int = 4000
 
 
 QUICK = dict(train_steps=200, teacher_steps=8, updates_per_round=20, num_samples=200,
-             checkpoint_every=100)
+             checkpoint_every=100, guided_updates=20)
 
 
 def run_pipeline(workdir, config=None, verbose=1):
@@ -74,20 +83,28 @@ def run_pipeline(workdir, config=None, verbose=1):
     train_cfg = TrainConfig(dataset=cfg.dataset, seed=cfg.seed, train_steps=cfg.train_steps,
                             sampling_steps=cfg.teacher_steps, batch_size=cfg.batch_size,
                             checkpoint_every=cfg.checkpoint_every,
-                            sample_every=10 * cfg.checkpoint_every)
+                            sample_every=10 * cfg.checkpoint_every,
+                            class_conditional=cfg.guided,
+                            label_dropout=cfg.label_dropout if cfg.guided else 0.0)
     stage("train teacher", lambda: train(train_cfg, teacher_dir, verbose=2 if verbose else 0))
     distill_cfg = DistillConfig(end_steps=cfg.end_steps, updates_per_round=cfg.updates_per_round,
                                 final_rounds_factor=cfg.final_rounds_factor,
                                 learning_rate=cfg.distill_learning_rate, seed=cfg.seed,
                                 batch_size=cfg.batch_size or train_cfg.resolved().batch_size,
                                 checkpoint_every=min(cfg.checkpoint_every,
-                                                     cfg.updates_per_round))
+                                                     cfg.updates_per_round),
+                                guided=cfg.guided, guidance_max=cfg.guidance_max,
+                                guided_updates=cfg.guided_updates)
     stage("distill", lambda: distill(teacher_dir, workdir, distill_cfg,
                                      verbose=2 if verbose else 0))
-    results = stage("evaluate", lambda: evaluate(workdir, teacher_dir, cfg.num_samples,
-                                                 cfg.seed, verbose=verbose))
+    if cfg.guided:
+        results = stage("evaluate", lambda: evaluate_guided(
+            workdir, teacher_dir, num_samples=cfg.num_samples, seed=cfg.seed, verbose=verbose))
+    else:
+        results = stage("evaluate", lambda: evaluate(workdir, teacher_dir, cfg.num_samples,
+                                                     cfg.seed, verbose=verbose))
     exports = stage("export", lambda: export_students(workdir, cfg.export_max_steps, verbose))
-    write_report(workdir, cfg, results, timings, exports)
+    (write_guided_report if cfg.guided else write_report)(workdir, cfg, results, timings, exports)
     return results
 
 
@@ -150,14 +167,41 @@ def targets(results, workdir):
             for name, value, bound in out]
 
 
+def guided_targets(results):
+    """Issue 10's target per w: the 4-step guided student's FID within 1.25 x the teacher's,
+    and its label accuracy against the teacher's."""
+    cells, out = results["cells"], []
+    teacher = next(r for r in results["rows"] if r.startswith("teacher_"))
+    for w in results["ws"]:
+        t, s = cells.get(f"{teacher}_w{w:g}"), cells.get(f"student_4_w{w:g}")
+        if t and s:
+            out.append((w, s["metric"] / t["metric"], s["label_accuracy"], t["label_accuracy"]))
+    return out
+
+
+def write_guided_report(workdir, cfg, results, timings, exports=None):
+    """report.md of the guided job: the guided table, the 4-step targets, exports, timings."""
+    lines = [open(os.path.join(workdir, "guided_results.md")).read(), "## 4-step targets", "",
+             "| w | student FID / teacher FID (<= 1.25) | student label acc. | teacher label acc. |",
+             "|---|---|---|---|"]
+    lines += [f"| {w:g} | {ratio:.2f} ({'met' if ratio <= 1.25 else 'missed'}) | {acc:.3f} | "
+              f"{tacc:.3f} |" for w, ratio, acc, tacc in guided_targets(results)]
+    _write_tail(workdir, cfg, lines, timings, exports, "")
+
+
 def write_report(workdir, cfg, results, timings, exports=None):
     """report.md: the results table, the targets, the exported students, timings, provenance."""
-    import keras
-
     lines = [open(os.path.join(workdir, "results.md")).read(), "## Targets", "",
              "| target | measured | bound | met |", "|---|---|---|---|"]
     for name, value, bound, ok in targets(results, workdir):
         lines.append(f"| {name} | {value:.3g} | {bound:g} | {'yes' if ok else 'NO'} |")
+    _write_tail(workdir, cfg, lines, timings, exports, "![quality vs steps](results.png)")
+
+
+def _write_tail(workdir, cfg, lines, timings, exports, figure):
+    """Appends the exported files, the wall times and the provenance; writes report.md."""
+    import keras
+
     if exports is not None:
         lines += ["", "## Exported students", ""]
         if isinstance(exports, str):
@@ -173,7 +217,6 @@ def write_report(workdir, cfg, results, timings, exports=None):
     lines += ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()] + [f"| total | {total:.0f} |"]
     lines += ["", f"Backend {keras.backend.backend()}, keras {keras.__version__}; config "
-              f"`{json.dumps(dataclasses.asdict(cfg))}`.", "",
-              "![quality vs steps](results.png)"]
+              f"`{json.dumps(dataclasses.asdict(cfg))}`."] + (["", figure] if figure else [])
     ckpt.atomic_write(os.path.join(workdir, "report.md"),
                       lambda tmp: open(tmp, "w").write("\n".join(lines) + "\n"))

@@ -137,8 +137,9 @@ def sample_loop(denoise, noise, num_steps, sampler="ddim", gamma=0.0, seed_gener
 class Sampler(keras.Model):
     """A fixed N-step sampler of a `DiffusionModel`, as one Keras model: noise in, samples out.
 
-    `sampler.predict_on_batch(noise)` (or a dict with "noise" and "labels") compiles the whole
-    loop on JAX and TensorFlow; `keras_pd.export` saves the same function.
+    `sampler.predict_on_batch(noise)` (or a dict with "noise", "labels" and "guidance": float
+    w [B] for guided sampling) compiles the whole loop on JAX and TensorFlow; `keras_pd.export`
+    saves the same function.
 
     Args:
         diffusion: a `DiffusionModel`.
@@ -166,13 +167,15 @@ class Sampler(keras.Model):
     def call(self, inputs):
         if isinstance(inputs, dict):
             noise, labels = inputs["noise"], inputs.get("labels")
+            guidance = inputs.get("guidance")
         else:
-            noise, labels = inputs, None
+            noise, labels, guidance = inputs, None, None
         if self.diffusion.num_classes and labels is None:
             raise ValueError("this model is class-conditional: pass labels with the noise")
 
         def denoise(z, logsnr):
-            return self.diffusion.denoise(z, logsnr, labels=labels, clip=self.clip)
+            return self.diffusion.denoise(z, logsnr, labels=labels, clip=self.clip,
+                                          guidance=guidance)
 
         return sample_loop(denoise, noise, self.num_steps, self.sampler, self.gamma,
                            self.seed_generator, self.diffusion.logsnr, self.unroll)

@@ -360,3 +360,67 @@ class AttentionBlock(keras.layers.Layer):
         config = super().get_config()
         config.update({"num_heads": self.num_heads, "head_dim": self.head_dim})
         return config
+
+
+def class_one_hot(labels, num_classes):
+    """One-hot class vectors [B, K] for labels in 0..K-1; the null label K gives zeros.
+
+    The null label is classifier-free guidance's "no class" (Ho & Salimans 2021): a class
+    embedding `Dense(one_hot)` then reduces to its bias, one learned unconditional embedding,
+    without an extra weight row. Written without an out-of-range one_hot, which the torch
+    backend rejects.
+
+    Args:
+        labels: int tensor [B] (or [B, 1]) in 0..K (K = null).
+        num_classes: K.
+
+    Returns:
+        Float32 tensor [B, K].
+    """
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    known = ops.cast(ops.less(labels, num_classes), "float32")
+    return ops.one_hot(ops.minimum(labels, num_classes - 1), num_classes) * known[:, None]
+
+
+# Guidance weights w are embedded like times t in [0, 1] after division by this scale, so the
+# usual range w in [0, 8] stays within the time embedding's well-resolved frequencies.
+GUIDANCE_SCALE = 10.0
+
+
+@keras.saving.register_keras_serializable(package="keras_pd")
+class GuidanceEmbedding(keras.layers.Layer):
+    """Embeds a guidance weight w [B] like the time: sinusoids -> Dense -> swish -> Dense.
+
+    The w-conditioned students of guided distillation (Meng et al., CVPR 2023) add this to the
+    time embedding. The last Dense is zero-initialised: a student built from a teacher's weights
+    starts as the teacher's conditional model for every w.
+
+    Args:
+        units: output size (the network's embedding width).
+        emb_dim: size of the sinusoidal embedding of w / GUIDANCE_SCALE.
+    """
+
+    def __init__(self, units, emb_dim=128, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.emb_dim = int(emb_dim)
+
+    def build(self, w_shape=None):
+        self.dense0 = keras.layers.Dense(self.units, kernel_initializer=KERNEL_INIT,
+                                         name="dense0")
+        self.dense0.build((None, self.emb_dim))
+        self.dense1 = keras.layers.Dense(self.units, kernel_initializer="zeros", name="dense1")
+        self.dense1.build((None, self.units))
+
+    def call(self, w):
+        """w [B] -> embedding [B, units]."""
+        emb = timestep_embedding(ops.cast(w, "float32") / GUIDANCE_SCALE, self.emb_dim)
+        return self.dense1(ops.silu(self.dense0(emb)))
+
+    def compute_output_shape(self, w_shape):
+        return (w_shape[0], self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, emb_dim=self.emb_dim)
+        return config

@@ -12,7 +12,12 @@ import math
 import keras
 from keras import ops
 
-from keras_pd.networks.layers import KERNEL_INIT, timestep_embedding
+from keras_pd.networks.layers import (
+    KERNEL_INIT,
+    GuidanceEmbedding,
+    class_one_hot,
+    timestep_embedding,
+)
 
 LAYERNORM_EPSILON = 1e-6
 
@@ -105,7 +110,9 @@ class MLPDenoiser(keras.layers.Layer):
     in the UNet. For vectors [B, D] the output is [B, out_dim].
 
     Time: `timestep_embedding(t, emb_dim)` -> Dense(width) -> swish ->
-    Dense(width); classes add `Dense(width)(one_hot(labels))`.
+    Dense(width); classes add `Dense(width)(class_one_hot(labels))` (label
+    `num_classes` is the null label); a guidance weight w adds
+    `GuidanceEmbedding(width)(w)` when `guidance` is set.
 
     Args:
         out_dim: int, size of the output's last (channel) axis.
@@ -114,6 +121,7 @@ class MLPDenoiser(keras.layers.Layer):
         emb_dim: int, size of the sinusoidal time embedding.
         dropout: float, dropout rate inside the blocks.
         num_classes: int or None, number of classes for class conditioning.
+        guidance: bool, take a guidance weight w [B] as input (guided students).
         **kwargs: base `keras.layers.Layer` arguments.
     """
 
@@ -125,6 +133,7 @@ class MLPDenoiser(keras.layers.Layer):
         emb_dim=128,
         dropout=0.0,
         num_classes=None,
+        guidance=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -134,15 +143,17 @@ class MLPDenoiser(keras.layers.Layer):
         self.emb_dim = int(emb_dim)
         self.dropout = float(dropout)
         self.num_classes = None if not num_classes else int(num_classes)
+        self.guidance = bool(guidance)
         self._data_shape = None
 
-    def build(self, z_shape, t_shape=None, labels_shape=None):
+    def build(self, z_shape, t_shape=None, labels_shape=None, guidance_shape=None):
         """Creates all sub-layers.
 
         Args:
             z_shape: [B, *S, C] input shape with known non-batch dimensions.
             t_shape: [B] time shape (unused).
             labels_shape: [B] labels shape (unused).
+            guidance_shape: [B] guidance shape (unused).
         """
         z_shape = tuple(z_shape)
         if len(z_shape) < 2 or any(d is None for d in z_shape[1:]):
@@ -178,8 +189,13 @@ class MLPDenoiser(keras.layers.Layer):
             name="dense_out",
         )
         self.dense_out.build((b, w))
+        # Built last: its weights come after the conditional network's (see guidance.py).
+        self.guidance_emb = None
+        if self.guidance:
+            self.guidance_emb = GuidanceEmbedding(w, self.emb_dim, name="guidance_emb")
+            self.guidance_emb.build((b,))
 
-    def call(self, z, t, labels=None, training=None):
+    def call(self, z, t, labels=None, guidance=None, training=None):
         """Runs the network.
 
         Args:
@@ -187,6 +203,8 @@ class MLPDenoiser(keras.layers.Layer):
             t: float tensor [B], network time in [0, 1].
             labels: int tensor [B]; required when `num_classes` is set,
                 ignored otherwise.
+            guidance: float tensor [B], the guidance weight w; required when
+                `guidance` is set, ignored otherwise.
             training: bool, enables dropout.
 
         Returns:
@@ -205,8 +223,11 @@ class MLPDenoiser(keras.layers.Layer):
                 raise ValueError(
                     f"MLPDenoiser was built with num_classes={self.num_classes}: pass labels."
                 )
-            labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-            emb = emb + self.class_emb(ops.one_hot(labels, self.num_classes))
+            emb = emb + self.class_emb(class_one_hot(labels, self.num_classes))
+        if self.guidance_emb is not None:
+            if guidance is None:
+                raise ValueError("MLPDenoiser was built with guidance=True: pass guidance.")
+            emb = emb + self.guidance_emb(guidance)
         h = ops.reshape(z, (-1, math.prod(self._data_shape)))
         h = self.dense_in(h)
         for block in self.blocks:
@@ -214,13 +235,15 @@ class MLPDenoiser(keras.layers.Layer):
         h = self.dense_out(ops.silu(self.norm_out(h)))
         return ops.reshape(h, (-1,) + self._out_shape)
 
-    def compute_output_shape(self, z_shape, t_shape=None, labels_shape=None):
+    def compute_output_shape(self, z_shape, t_shape=None, labels_shape=None,
+                             guidance_shape=None):
         """Output shape: the input shape with `out_dim` on the last axis.
 
         Args:
             z_shape: input shape [B, *S, C].
             t_shape: unused.
             labels_shape: unused.
+            guidance_shape: unused.
 
         Returns:
             Output shape tuple.
@@ -242,6 +265,7 @@ class MLPDenoiser(keras.layers.Layer):
                 "emb_dim": self.emb_dim,
                 "dropout": self.dropout,
                 "num_classes": self.num_classes,
+                "guidance": self.guidance,
             }
         )
         return config

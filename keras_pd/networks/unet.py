@@ -23,6 +23,8 @@ import keras
 from keras import ops
 
 from keras_pd.networks.layers import (
+    GuidanceEmbedding,
+    class_one_hot,
     KERNEL_INIT,
     AttentionBlock,
     ResBlock,
@@ -108,6 +110,7 @@ class UNet(keras.layers.Layer):
         dropout=0.0,
         num_classes=None,
         image_size=None,
+        guidance=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -122,6 +125,7 @@ class UNet(keras.layers.Layer):
         self.dropout = float(dropout)
         self.num_classes = None if not num_classes else int(num_classes)
         self.image_size = _as_hw(image_size)
+        self.guidance = bool(guidance)
         if not self.ch_mult:
             raise ValueError("UNet ch_mult must have at least one level.")
         if self.image_size is not None:
@@ -133,13 +137,14 @@ class UNet(keras.layers.Layer):
             return AttentionBlock(head_dim=self.head_dim, name=name)
         return AttentionBlock(num_heads=self.num_heads or 1, name=name)
 
-    def build(self, z_shape, t_shape=None, labels_shape=None):
+    def build(self, z_shape, t_shape=None, labels_shape=None, guidance_shape=None):
         """Creates all sub-layers for a static input shape.
 
         Args:
             z_shape: [B, H, W, C] shape of the noisy input.
             t_shape: [B] shape of the time input (unused).
             labels_shape: [B] shape of the labels (unused).
+            guidance_shape: [B] shape of the guidance weights (unused).
         """
         z_shape = tuple(z_shape)
         if len(z_shape) != 4:
@@ -248,6 +253,11 @@ class UNet(keras.layers.Layer):
             name="conv_out",
         )
         self.conv_out.build(shape_of(cur_hw, cur_c))
+        # Built last: its weights come after the conditional network's (see guidance.py).
+        self.guidance_emb = None
+        if self.guidance:
+            self.guidance_emb = GuidanceEmbedding(emb_ch, self.ch, name="guidance_emb")
+            self.guidance_emb.build((b,))
 
     def _check_input(self, z):
         shape = tuple(ops.shape(z))
@@ -260,14 +270,16 @@ class UNet(keras.layers.Layer):
                 f"on input of shape {shape}."
             )
 
-    def call(self, z, t, labels=None, training=None):
+    def call(self, z, t, labels=None, guidance=None, training=None):
         """Runs the network.
 
         Args:
             z: float tensor [B, H, W, C], the noisy input.
             t: float tensor [B], network time in [0, 1].
             labels: int tensor [B] of class ids; required when `num_classes`
-                is set, ignored otherwise.
+                is set, ignored otherwise (label `num_classes` is the null label).
+            guidance: float tensor [B], the guidance weight w; required when
+                `guidance` is set, ignored otherwise.
             training: bool, enables dropout.
 
         Returns:
@@ -281,8 +293,11 @@ class UNet(keras.layers.Layer):
                 raise ValueError(
                     f"UNet was built with num_classes={self.num_classes}: pass labels."
                 )
-            labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-            emb = emb + self.class_emb(ops.one_hot(labels, self.num_classes))
+            emb = emb + self.class_emb(class_one_hot(labels, self.num_classes))
+        if self.guidance_emb is not None:
+            if guidance is None:
+                raise ValueError("UNet was built with guidance=True: pass guidance.")
+            emb = emb + self.guidance_emb(guidance)
 
         hs = [self.conv_in(z)]
         for kind, layer in zip(self._down_plan, self.down_layers):
@@ -307,7 +322,8 @@ class UNet(keras.layers.Layer):
         h = ops.silu(self.norm_out(h))
         return self.conv_out(h)
 
-    def compute_output_shape(self, z_shape, t_shape=None, labels_shape=None):
+    def compute_output_shape(self, z_shape, t_shape=None, labels_shape=None,
+                             guidance_shape=None):
         """Output shape: the input shape with `out_channels` channels.
 
         Args:
@@ -339,6 +355,7 @@ class UNet(keras.layers.Layer):
                 "head_dim": self.head_dim,
                 "dropout": self.dropout,
                 "num_classes": self.num_classes,
+                "guidance": self.guidance,
                 "image_size": None if self.image_size is None else list(self.image_size),
             }
         )

@@ -1,0 +1,176 @@
+"""Classifier-free guidance and guided distillation (keras_pd.guidance, distillation stage one
+and two), on every backend."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_pd import guidance
+from keras_pd.diffusion import DiffusionModel
+from keras_pd.distillation import (
+    DistillationModel,
+    GuidanceDistillationModel,
+    guided_student,
+)
+from keras_pd.networks import MLPDenoiser
+from keras_pd.networks.layers import class_one_hot
+from keras_pd.parameterization import Prediction
+
+SHAPE = (4,)
+K = 3
+
+
+def _model(label_dropout=0.2, seed=0, perturb=0.3):
+    net = MLPDenoiser(out_dim=4, width=32, num_blocks=1, emb_dim=16, num_classes=K)
+    model = DiffusionModel(net, SHAPE, parameterization="x", num_classes=K, seed=seed,
+                           label_dropout=label_dropout)
+    rng = np.random.default_rng(seed)
+    for v in model.trainable_weights:  # the output layer starts at zero: make it non-trivial
+        value = keras.ops.convert_to_numpy(v)
+        v.assign(value + perturb * rng.standard_normal(value.shape).astype("float32"))
+    return model
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def test_null_label_one_hot_is_zero():
+    got = _np(class_one_hot(np.array([0, 2, 3, 1], "int32"), K))
+    np.testing.assert_array_equal(got, [[1, 0, 0], [0, 0, 1], [0, 0, 0], [0, 1, 0]])
+
+
+def test_guided_prediction_matches_hand_computation():
+    rng = np.random.default_rng(0)
+    xc, xu, ec, eu = (rng.standard_normal((2, 4)).astype("float32") for _ in range(4))
+    z = rng.standard_normal((2, 4)).astype("float32")
+    alpha, sigma = np.float32([[0.6], [0.8]]), np.float32([[0.8], [0.6]])
+    w = np.float32([0.5, 2.0])
+    cond, uncond = Prediction(xc, ec, None), Prediction(xu, eu, None)
+    got = guidance.guided_prediction(cond, uncond, w, z, alpha, sigma)
+    want_x = np.stack([1.5 * xc[0] - 0.5 * xu[0], 3.0 * xc[1] - 2.0 * xu[1]])
+    want_eps = np.stack([1.5 * ec[0] - 0.5 * eu[0], 3.0 * ec[1] - 2.0 * eu[1]])
+    np.testing.assert_allclose(_np(got.x), want_x, rtol=1e-6)
+    np.testing.assert_allclose(_np(got.eps), want_eps, rtol=1e-6)
+    np.testing.assert_allclose(_np(got.v), alpha * want_eps - sigma * want_x, rtol=1e-5,
+                               atol=1e-6)
+    clipped = guidance.guided_prediction(cond, uncond, w, z, alpha, sigma, clip=True)
+    x_clip = np.clip(want_x, -1, 1)
+    np.testing.assert_allclose(_np(clipped.x), x_clip, rtol=1e-6)
+    np.testing.assert_allclose(_np(clipped.eps), (z - alpha * x_clip) / sigma, rtol=1e-5)
+
+
+def test_model_guidance_combines_conditional_and_null_predictions():
+    model = _model()
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((3,) + SHAPE).astype("float32")
+    lam = np.float32([-2.0, 0.0, 3.0])
+    labels = np.int32([0, 1, 2])
+    cond = model.denoise(z, lam, labels)
+    uncond = model.denoise(z, lam, np.full(3, K, "int32"))
+    assert np.abs(_np(cond.x) - _np(uncond.x)).max() > 1e-3  # the label matters
+    w = np.float32([0.0, 1.0, 3.0])
+    got = model.denoise(z, lam, labels, guidance=w)
+    want = (1 + w[:, None]) * _np(cond.x) - w[:, None] * _np(uncond.x)
+    np.testing.assert_allclose(_np(got.x), want, rtol=1e-4, atol=1e-5)
+    # w = 0 is exactly the conditional model, in sampling too.
+    np.testing.assert_allclose(_np(got.x)[0], _np(cond.x)[0], rtol=1e-6, atol=1e-6)
+    noise = rng.standard_normal((3,) + SHAPE).astype("float32")
+    np.testing.assert_allclose(model.sample(noise, 4, labels=labels, guidance=0.0),
+                               model.sample(noise, 4, labels=labels), rtol=1e-5, atol=1e-6)
+    assert np.abs(model.sample(noise, 4, labels=labels, guidance=2.0)
+                  - model.sample(noise, 4, labels=labels)).max() > 1e-3
+
+
+def test_guidance_needs_a_guidable_model():
+    model = _model(label_dropout=0.0)
+    with pytest.raises(ValueError, match="label_dropout"):
+        model.sample(np.zeros((1,) + SHAPE, "float32"), 2, labels=[0], guidance=1.0)
+    with pytest.raises(ValueError, match="class-conditional"):
+        DiffusionModel(MLPDenoiser(out_dim=4, width=8, num_blocks=1, emb_dim=8), SHAPE,
+                       label_dropout=0.1)
+
+
+def test_label_dropout_trains_the_null_label():
+    model = _model(label_dropout=0.5, perturb=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x = np.random.default_rng(0).uniform(-1, 1, (64,) + SHAPE).astype("float32")
+    y = np.zeros(64, "int32")
+    null_before = _np(model.network.class_emb.bias).copy()
+    model.fit(x, y, batch_size=64, epochs=3, verbose=0, shuffle=False)
+    # Only null-label examples train the class embedding's bias alone; class 0's row moves too.
+    assert np.abs(_np(model.network.class_emb.bias) - null_before).max() > 1e-4
+    assert model.get_config()["label_dropout"] == 0.5
+    again = DiffusionModel.from_config(model.get_config())
+    assert again.label_dropout == 0.5 and again.guidable
+
+
+def test_guided_student_starts_as_the_conditional_teacher():
+    teacher = _model()
+    student = guided_student(teacher)
+    assert student.takes_guidance and not teacher.takes_guidance
+    assert len(student.network.weights) == len(teacher.network.weights) + 4
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((3,) + SHAPE).astype("float32")
+    lam = np.float32([-1.0, 0.5, 2.0])
+    labels = np.int32([2, 0, 1])
+    cond = _np(teacher.denoise(z, lam, labels).x)
+    for w in (0.0, 3.0):
+        got = _np(student.denoise(z, lam, labels, guidance=np.full(3, w, "float32")).x)
+        np.testing.assert_allclose(got, cond, rtol=1e-5, atol=1e-6)
+    restored = DiffusionModel.from_config(student.get_config())
+    assert restored.takes_guidance
+
+
+def _stage_one_loss(model, x, y):
+    return float(_np(model.compute_loss(x, y, training=False)))
+
+
+@pytest.mark.slow
+def test_stage_one_lowers_its_loss_and_learns_the_guided_teacher():
+    teacher = _model(seed=3)
+    student = guided_student(teacher)
+    # x-space MSE: an untrained teacher's targets make SNR weights too noisy for a short test.
+    model = GuidanceDistillationModel(teacher, student, (0.0, 4.0), "constant", seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (512,) + SHAPE).astype("float32")
+    y = rng.integers(0, K, 512).astype("int32")
+    fresh = GuidanceDistillationModel(teacher, student, (0.0, 4.0), "constant", seed=7)
+    before = np.mean([_stage_one_loss(fresh, x[i:i + 128], y[i:i + 128]) for i in (0, 128)])
+    model.fit(x, y, batch_size=128, epochs=60, verbose=0)
+    fresh = GuidanceDistillationModel(teacher, student, (0.0, 4.0), "constant", seed=7)
+    after = np.mean([_stage_one_loss(fresh, x[i:i + 128], y[i:i + 128]) for i in (0, 128)])
+    print(f"\nstage one loss {before:.4f} -> {after:.4f}")
+    assert after < 0.5 * before
+    # One call of the student now tracks the two-call guided teacher at w = 2.
+    z = rng.standard_normal((64,) + SHAPE).astype("float32")
+    lam = np.full(64, 1.0, "float32")
+    w = np.full(64, 2.0, "float32")
+    want = _np(teacher.denoise(z, lam, y[:64], guidance=w).x)
+    cond = _np(teacher.denoise(z, lam, y[:64]).x)
+    got = _np(student.denoise(z, lam, y[:64], guidance=w).x)
+    assert np.mean((got - want) ** 2) < 0.5 * np.mean((cond - want) ** 2)
+
+
+def test_stage_two_passes_w_to_teacher_and_student():
+    teacher = guided_student(_model(seed=4))
+    student = guided_student(_model(seed=4))
+    with pytest.raises(ValueError, match="guidance_range"):
+        DistillationModel(teacher, student, 2)
+    with pytest.raises(ValueError, match="both take guidance"):
+        DistillationModel(_model(seed=4), student, 2, guidance_range=(0, 1))
+    model = DistillationModel(teacher, student, 2, guidance_range=(1.0, 3.0), seed=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (16,) + SHAPE).astype("float32")
+    y = np.zeros(16, "int32")
+    loss = float(_np(model.compute_loss(x, y, training=False)))
+    assert np.isfinite(loss) and loss >= 0
+    again = DistillationModel.from_config(model.get_config())
+    assert again.guidance_range == (1.0, 3.0)
+
+
+def test_guidance_range_is_checked():
+    with pytest.raises(ValueError, match="guidance range"):
+        guidance.check_guidance_range(2.0, 1.0)
+    with pytest.raises(ValueError, match="guidance range"):
+        guidance.check_guidance_range(-1.0, 1.0)
