@@ -1,9 +1,21 @@
-"""What every app shares: quiet logs, and user mistakes as one line with a nonzero exit."""
+"""What every app shares: quiet logs, and user mistakes as one line with a nonzero exit.
+
+Exit codes: 2 for a user mistake (bad flag, bad file, unusable run directory, non-finite loss),
+1 for a failed read or write (disk full, permissions), 130 for Ctrl-C; the one line starts with
+"error: ". Anything else is a bug and keeps its traceback.
+"""
 
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+BACKENDS = ("tensorflow", "jax", "torch")
+if os.environ.get("KERAS_BACKEND", "tensorflow") not in BACKENDS:
+    # Checked before Keras is imported, whose own failure is a traceback.
+    print(f"error: unknown KERAS_BACKEND {os.environ['KERAS_BACKEND']!r}; use one of "
+          f"{', '.join(BACKENDS)}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _import_tensorflow_quietly():
@@ -25,6 +37,21 @@ def _import_tensorflow_quietly():
 _import_tensorflow_quietly()
 
 
+def _fail(message, code=2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, its errors (unknown, malformed, missing flags) as one line."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(f"{e} (see --helpshort)")
+
+
 def run(main):
     """absl.app.run(main), turning a user error (ValueError and subclasses) into one line, exit 2.
 
@@ -34,17 +61,18 @@ def run(main):
 
     def wrapped(argv):
         if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+            _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
         try:
             return main(argv)
         except (ValueError, FloatingPointError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            _fail(" ".join(str(e).split()) or type(e).__name__)
+        except OSError as e:  # disk full, permissions: the environment, not a bug
+            _fail(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}", code=1)
         except KeyboardInterrupt:
             print("interrupted: rerun the same command to resume", file=sys.stderr)
             sys.exit(130)
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=_parse_flags)
 
 
 def progress_verbosity():

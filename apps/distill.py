@@ -29,6 +29,8 @@ flags.DEFINE_integer("seed", _D.seed, "Seed.")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Updates between checkpoints.")
 flags.DEFINE_float("grad_clip", _D.grad_clip, "Gradient clipping by global norm.")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
+flags.DEFINE_boolean("skip_nonfinite", False, "Skip updates with NaN/Inf gradients "
+                     "instead of stopping at a non-finite loss.")
 scale_flags.define()
 FLAGS = flags.FLAGS
 

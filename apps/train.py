@@ -31,6 +31,8 @@ flags.DEFINE_boolean("class_conditional", _D.class_conditional, "Condition on th
 flags.DEFINE_integer("sampling_steps", None, "DDIM steps the teacher is meant to sample with.")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
 flags.DEFINE_boolean("download", False, "Let tensorflow-datasets download (needs network).")
+flags.DEFINE_boolean("skip_nonfinite", False, "Skip updates with NaN/Inf gradients "
+                     "instead of stopping at a non-finite loss.")
 scale_flags.define()
 FLAGS = flags.FLAGS
 

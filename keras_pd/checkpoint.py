@@ -11,11 +11,13 @@ A run directory (a teacher's workdir or a distilled student's directory) holds:
 
 Every file is written to a temporary name in the same directory, then renamed, so a kill leaves
 either the old file or the new one. A checkpoint counts only once its JSON (written last) names a
-weights file of the recorded size; the previous one is deleted only after the new one is complete.
+weights file of the recorded size and SHA-256; the previous one is deleted only after the new one
+is complete. Weights holding NaN or Inf are never written (FloatingPointError instead).
 """
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -136,6 +138,7 @@ def save_model(directory, model, card):
     """Writes model.keras (no optimizer, EMA weights if the optimizer keeps them) and card.json."""
     with ema_weights(model):
         clone = clone_uncompiled(model)
+    check_finite_weights(clone, f"{os.path.join(directory, MODEL_NAME)}")
     atomic_write(os.path.join(directory, MODEL_NAME), clone.save)
     return write_card(directory, card)
 
@@ -156,7 +159,8 @@ def load_model(directory):
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # corrupt zip, h5 or config: one clear line
-        raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {e}") from None
+        detail = " ".join(str(e).split())[:500]
+        raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {detail}") from None
     check_card_matches(card, model, path)
     return model, card
 
@@ -170,6 +174,30 @@ def check_card_matches(card, model, where):
             have = list(have) if isinstance(have, tuple) else have
             if want != have:
                 raise CheckpointError(f"{where}: card says {key}={want!r}, model has {have!r}")
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_finite_weights(model, what):
+    """Raises FloatingPointError naming `what` when a model or optimizer variable is NaN or Inf."""
+    variables = list(model.weights)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and getattr(optimizer, "built", False):
+        variables += list(optimizer.variables)
+    for v in variables:
+        if "float" not in str(v.dtype):
+            continue
+        value = np.asarray(keras.ops.convert_to_numpy(v))
+        if not np.all(np.isfinite(value)):
+            raise FloatingPointError(
+                f"{v.path} holds non-finite values at {what}; not saved, the last good "
+                f"checkpoint is kept")
 
 
 class CheckpointManager:
@@ -198,11 +226,23 @@ class CheckpointManager:
         return sorted(found, reverse=True)
 
     def save(self, model, step, state):
-        """Writes the model's weights and optimizer state plus `state` for `step`."""
+        """Writes the model's weights and optimizer state plus `state` for `step`.
+
+        Raises:
+            FloatingPointError: a weight or optimizer variable is NaN or Inf (nothing written).
+            OSError: the write failed (disk full...); earlier checkpoints are untouched.
+        """
+        check_finite_weights(model, f"step {step}")
         weights, index = self._paths(step)
         atomic_write(weights, model.save_weights)
-        write_json(index, dict(state, step=int(step), weights=os.path.basename(weights),
-                               weights_bytes=os.path.getsize(weights)))
+        try:
+            write_json(index, dict(state, step=int(step), weights=os.path.basename(weights),
+                                   weights_bytes=os.path.getsize(weights),
+                                   weights_sha256=file_sha256(weights)))
+        except BaseException:
+            if not os.path.exists(index):  # a weights file without its index is never used
+                os.remove(weights)
+            raise
         for old in self.steps()[self.keep:]:
             for p in self._paths(old)[::-1]:
                 if os.path.exists(p):
@@ -226,12 +266,15 @@ class CheckpointManager:
                 state = read_json(index)
                 if os.path.getsize(weights) != state["weights_bytes"]:
                     raise ValueError("size differs from the recorded one (truncated?)")
+                if "weights_sha256" in state and file_sha256(weights) != state["weights_sha256"]:
+                    raise ValueError("SHA-256 differs from the recorded one (corrupted)")
                 model.load_weights(weights)
                 return state
             except Exception as e:
                 warnings.warn(f"skipping checkpoint {index}: {type(e).__name__}: {e}")
         if steps:
-            raise CheckpointError(f"no loadable checkpoint in {self.directory}")
+            raise CheckpointError(f"no loadable checkpoint in {self.directory} (tried steps "
+                                  f"{', '.join(map(str, steps))}); move it away to start over")
         return None
 
 
@@ -245,6 +288,17 @@ def restore_seed_states(model, states):
     for v in model.non_trainable_variables:
         if v.path in states:
             v.assign(np.asarray(states[v.path], dtype=v.dtype))
+
+
+def remove_stale_temporaries(directory):
+    """Deletes `.tmp-*` files a killed writer left in a run directory (call under its lock)."""
+    for sub in ("", "checkpoints", "samples"):
+        path = os.path.join(directory, sub)
+        if not os.path.isdir(path):
+            continue
+        for name in os.listdir(path):
+            if name.startswith(".tmp-") and os.path.isfile(os.path.join(path, name)):
+                os.remove(os.path.join(path, name))
 
 
 @contextlib.contextmanager
@@ -263,6 +317,7 @@ def workdir_lock(directory):
             raise CheckpointError(f"{directory} is in use by another run (lock held)") from None
         f.write(str(os.getpid()))
         f.flush()
+        remove_stale_temporaries(directory)
         yield
     finally:
         f.close()

@@ -176,6 +176,7 @@ class DistillConfig:
         seed: seed of data order and draws; round r uses seed + r.
         checkpoint_every: updates between checkpoints.
         grad_clip: clipping by global norm.
+        skip_nonfinite: skip updates with non-finite gradients instead of stopping the run.
     """
 
     teacher_steps: int | None = None
@@ -190,6 +191,7 @@ class DistillConfig:
     checkpoint_every: int = 500
     grad_clip: float = 1.0
     data_dir: str | None = None
+    skip_nonfinite: bool = False
     # Scale-out and precision (keras_pd.distribute; docs/scaling.md); batch_size is global.
     distribution: str = "none"
     coordinator_address: str | None = None
@@ -269,7 +271,7 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
         model = DistillationModel(teacher, student, student_steps, cfg.weighting,
                                   seed=cfg.seed + round_index)
         optimizer = make_optimizer(cfg.learning_rate, decay_steps=updates,
-                                   grad_clip=cfg.grad_clip)
+                                   grad_clip=cfg.grad_clip, skip_nonfinite=cfg.skip_nonfinite)
         model.compile(optimizer=engine.optimizer(optimizer))
         model.optimizer.build(model.trainable_variables)
         manager = ckpt.CheckpointManager(os.path.join(out_dir, "checkpoints"))
@@ -294,7 +296,7 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
                                  sample_every=updates,
                                  sample_fn=lambda m, p: sample_grid(m, p, student_steps,
                                                                     seed=cfg.seed),
-                                 artifact=student)
+                                 artifact=student, skip_nonfinite=cfg.skip_nonfinite)
             y = dataset.y if student.num_classes else None
             stream = BatchStream(dataset.x, y, cfg.batch_size, seed=cfg.seed + 1000 * round_index,
                                  start_step=start)

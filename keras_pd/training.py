@@ -10,6 +10,7 @@ import importlib.util
 import math
 import os
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -19,7 +20,9 @@ from keras_pd import distribute
 from keras_pd.data import BatchStream, check_dataset_name, load_dataset
 from keras_pd.images import save_grid_png
 from keras_pd.diffusion import DiffusionModel
+from keras_pd.nonfinite import skip_nonfinite_updates
 from keras_pd.networks import make_network
+from keras_pd.networks.presets import get_preset
 from keras_pd.parameterization import check_parameterization, output_channels
 from keras_pd.schedules import check_steps
 from keras_pd.weighting import check_weighting
@@ -66,6 +69,7 @@ class TrainConfig:
     sampling_steps: int | None = None
     data_dir: str | None = None
     download: bool = False
+    skip_nonfinite: bool = False
     # Scale-out and precision (keras_pd.distribute; docs/scaling.md); batch_size is global.
     distribution: str = "none"
     coordinator_address: str | None = None
@@ -98,6 +102,7 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {cfg.ema_decay}")
         if cfg.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+        get_preset(cfg.preset)  # an unknown preset fails here, before the workdir is touched
         return cfg
 
 
@@ -115,11 +120,12 @@ def build_teacher(cfg, dataset):
 
 
 def make_optimizer(learning_rate, warmup_steps=0, decay_steps=None, ema_decay=0.0,
-                   weight_decay=0.0, grad_clip=1.0):
+                   weight_decay=0.0, grad_clip=1.0, skip_nonfinite=False):
     """Adam(0.9, 0.999, 1e-8) with linear warmup, optional linear decay to 0, EMA and clipping.
 
     Teachers: warmup then constant (REFERENCE 6). Distillation: no warmup, linear decay over the
-    round, no EMA (REFERENCE 5).
+    round, no EMA (REFERENCE 5). `skip_nonfinite`: updates whose gradients hold NaN or Inf
+    change nothing (`keras_pd.nonfinite`).
     """
     if decay_steps:
         schedule = keras.optimizers.schedules.PolynomialDecay(
@@ -132,9 +138,10 @@ def make_optimizer(learning_rate, warmup_steps=0, decay_steps=None, ema_decay=0.
         schedule = learning_rate
     cls = keras.optimizers.AdamW if weight_decay else keras.optimizers.Adam
     kwargs = dict(weight_decay=weight_decay) if weight_decay else {}
-    return cls(learning_rate=schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-               global_clipnorm=grad_clip or None, use_ema=ema_decay > 0,
-               ema_momentum=ema_decay or 0.99, **kwargs)
+    optimizer = cls(learning_rate=schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                    global_clipnorm=grad_clip or None, use_ema=ema_decay > 0,
+                    ema_momentum=ema_decay or 0.99, **kwargs)
+    return skip_nonfinite_updates(optimizer) if skip_nonfinite else optimizer
 
 
 class RunCallback(keras.callbacks.Callback):
@@ -150,10 +157,12 @@ class RunCallback(keras.callbacks.Callback):
         sample_fn: callable(model, path) writing a sample grid.
         artifact: the model written to workdir/model.keras (default: the model being fit; a
             distillation run writes its student).
+        skip_nonfinite: the optimizer skips non-finite updates: a non-finite loss does not stop
+            the run; skipped updates are counted in the card (`skipped_updates`).
     """
 
     def __init__(self, workdir, card, start_step, total_steps, steps_per_epoch, sample_every,
-                 sample_fn=None, artifact=None):
+                 sample_fn=None, artifact=None, skip_nonfinite=False):
         super().__init__()
         self.workdir = workdir
         self.card = card
@@ -163,6 +172,7 @@ class RunCallback(keras.callbacks.Callback):
         self.sample_every = sample_every
         self.sample_fn = sample_fn
         self.artifact = artifact
+        self.skip_nonfinite = skip_nonfinite
         self.manager = ckpt.CheckpointManager(os.path.join(workdir, "checkpoints"))
         self._epoch0 = None
         self._t0 = time.time()
@@ -179,7 +189,8 @@ class RunCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._batch = batch
-        if logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
+        if (not self.skip_nonfinite and logs and "loss" in logs
+                and not math.isfinite(float(logs["loss"]))):
             self.model.stop_training = True
             raise FloatingPointError(
                 f"loss is {logs['loss']} at step {self._step(self._epoch, batch)}; the last "
@@ -193,8 +204,15 @@ class RunCallback(keras.callbacks.Callback):
         self.wall_time += now - self._t0
         self._t0 = now
         self.card.update(steps_trained=int(step), wall_time_s=round(self.wall_time, 1))
-        if logs and "loss" in logs:
+        if logs and "loss" in logs and math.isfinite(float(logs["loss"])):
             self.card["final_loss"] = float(logs["loss"])
+        if self.skip_nonfinite:
+            # A skipped update leaves the optimizer's iteration counter where it was.
+            skipped = int(step) - int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            if skipped > self.card.get("skipped_updates", 0):
+                warnings.warn(f"{skipped - self.card.get('skipped_updates', 0)} update(s) with "
+                              f"non-finite gradients skipped up to step {step}")
+            self.card["skipped_updates"] = skipped
         self.manager.save(self.model, step, dict(seeds=ckpt.seed_states(self.model),
                                                  card=self.card))
         artifact = self.artifact or self.model
@@ -258,6 +276,8 @@ def train(config, workdir, verbose=1):
     engine.check_batch_size(cfg.batch_size)
     dataset = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                            seed=cfg.seed)
+    if cfg.class_conditional and not dataset.num_classes:  # before the workdir is touched
+        raise ValueError(f"dataset {dataset.name!r} has no labels: drop --class_conditional")
     # Build, compile and fit under the engine (strategy scope / keras distribution).
     with ckpt.workdir_lock(workdir), engine.scope():
         manager = ckpt.CheckpointManager(os.path.join(workdir, "checkpoints"))
@@ -275,11 +295,13 @@ def train(config, workdir, verbose=1):
                     f"{workdir} holds a model for data shape {old.get('data_shape')}, "
                     f"not {list(dataset.data_shape)}")
         with distribute.dtype_policy(cfg.dtype_policy):
+            keras.utils.set_random_seed(cfg.seed)  # weight init: same seed, same run
             model = build_teacher(cfg, dataset)
         optimizer = make_optimizer(cfg.learning_rate, cfg.warmup_steps,
                                    ema_decay=cfg.ema_decay,
                                    weight_decay=cfg.weight_decay,
-                                   grad_clip=cfg.grad_clip)
+                                   grad_clip=cfg.grad_clip,
+                                   skip_nonfinite=cfg.skip_nonfinite)
         model.compile(optimizer=engine.optimizer(optimizer))
         model.optimizer.build(model.trainable_variables)
         state = manager.restore(model)
@@ -293,9 +315,12 @@ def train(config, workdir, verbose=1):
             if verbose:
                 print(f"{workdir}: already trained for {start} steps")
             return model
+        if verbose and start:
+            print(f"{workdir}: resuming from the checkpoint of step {start}", flush=True)
         run_cb = RunCallback(
             workdir, card, start, cfg.train_steps, cfg.checkpoint_every, cfg.sample_every,
-            lambda m, p: sample_grid(m, p, cfg.sampling_steps, seed=cfg.seed))
+            lambda m, p: sample_grid(m, p, cfg.sampling_steps, seed=cfg.seed),
+            skip_nonfinite=cfg.skip_nonfinite)
         y = dataset.y if cfg.class_conditional else None
         stream = BatchStream(dataset.x, y, cfg.batch_size, seed=cfg.seed, start_step=start)
         initial_epoch = start // cfg.checkpoint_every

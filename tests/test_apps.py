@@ -96,28 +96,8 @@ def test_distill_app_cascade_and_sampling(tiny_teacher, tmp_path):
     assert np.load(tmp_path / "s.npz")["samples"].shape == (5, 2)
 
 
-@pytest.mark.parametrize("app,flags,message", [
-    ("train", ["--dataset=imagenet_offline_typo"], "unknown dataset"),
-    ("train", ["--dataset=toy2d", "--preset=huge"], "preset"),
-    ("train", ["--dataset=toy2d", "--train_steps=0"], "train_steps"),
-    ("train", ["--dataset=tfds:cifar10", "--data_dir={tmp}/empty"], "cifar10"),
-    ("sample", ["--checkpoint={tmp}/nothing"], "no such directory"),
-    ("sample", ["--checkpoint={teacher}", "--steps=-1"], "steps"),
-    ("sample", ["--checkpoint={teacher}", "--noise_file={tmp}/bad.npy"], "noise file"),
-    ("distill", ["--teacher={teacher}", "--end_steps=3"], "power of two"),
-    ("distill", ["--teacher={teacher}", "--end_steps=8"], "end_steps"),
-])
-def test_bad_input_gives_one_line_and_exit_2(tiny_teacher, tmp_path, app, flags, message):
-    np.save(tmp_path / "bad.npy", np.zeros((3, 5), "float32"))
-    flags = [f.format(tmp=tmp_path, teacher=tiny_teacher) for f in flags]
-    if app != "sample":
-        flags.append(f"--workdir={tmp_path}/w")
-    proc = run_app(app, *flags, check=False)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    assert not os.path.exists(tmp_path / "w" / "model.keras")
+# Bad input (wrong flags, files, directories): tests/test_reliability.py, one test per row of
+# the table in docs/reliability.md.
 
 
 def test_resume_with_other_parameterization_is_refused(tiny_teacher):

@@ -43,6 +43,20 @@ def sidecar(model_path):
     return {}
 
 
+def load_noise(path, shape):
+    """Starting noise from a .npy [num, *shape] (no pickle); exits with one line otherwise."""
+    try:
+        noise = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot read noise file {path}: {' '.join(str(e).split())}")
+    if noise.ndim != len(shape) + 1 or tuple(noise.shape[1:]) != tuple(shape) or not len(noise):
+        raise SystemExit(f"error: noise file {path} has shape {noise.shape}; the model takes "
+                         f"[num, {', '.join(map(str, shape))}]")
+    if not np.all(np.isfinite(noise)):
+        raise SystemExit(f"error: noise file {path} holds non-finite values")
+    return noise.astype("float32")
+
+
 def make_labels(num, labels, num_classes):
     if labels:
         values = [int(v) for v in labels.split(",")]
@@ -103,6 +117,8 @@ def main(argv=None):
     parser.add_argument("--npy", default=None, help="also write the samples to this .npy")
     parser.add_argument("--num", type=int, default=64, help="number of samples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
+    parser.add_argument("--noise", default=None,
+                        help=".npy of starting noise [num, *data_shape] (overrides --num, --seed)")
     parser.add_argument("--labels", default=None, help="class-conditional: comma-separated")
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads")
     parser.add_argument("--scale", type=int, default=4, help="pixel upscaling of the PNG")
@@ -116,11 +132,19 @@ def main(argv=None):
     if not os.path.exists(args.model):
         raise SystemExit(f"error: no such model file: {args.model}")
 
-    _, runner, inputs = load(args.model, args.threads)
+    try:
+        _, runner, inputs = load(args.model, args.threads)
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: cannot load {args.model} as a LiteRT model: "
+                         f"{' '.join(str(e).split())[:300]}")
     shape = tuple(int(d) for d in inputs["noise"]["shape"][1:])
     meta = sidecar(args.model)
-    rng = np.random.default_rng(args.seed)
-    noise = rng.standard_normal((args.num,) + shape).astype("float32")
+    if args.noise:
+        noise = load_noise(args.noise, shape)
+        args.num = len(noise)
+    else:
+        rng = np.random.default_rng(args.seed)
+        noise = rng.standard_normal((args.num,) + shape).astype("float32")
     labels = None
     if "labels" in inputs:
         labels = make_labels(args.num, args.labels, meta.get("num_classes"))
