@@ -31,6 +31,11 @@ flags.DEFINE_float("grad_clip", _D.grad_clip, "Gradient clipping by global norm.
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
 flags.DEFINE_boolean("skip_nonfinite", False, "Skip updates with NaN/Inf gradients "
                      "instead of stopping at a non-finite loss.")
+flags.DEFINE_boolean("guided", _D.guided, "Guided distillation (Meng et al. 2023): first a "
+                     "student taking w as input, then the cascade with w passed through.")
+flags.DEFINE_float("guidance_min", _D.guidance_min, "Smallest guidance weight w trained.")
+flags.DEFINE_float("guidance_max", _D.guidance_max, "Largest guidance weight w trained.")
+flags.DEFINE_integer("guided_updates", _D.guided_updates, "Updates of the w-input stage.")
 scale_flags.define()
 FLAGS = flags.FLAGS
 

@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from keras_pd import distribute
+from keras_pd.guidance import drop_labels, guided_prediction, null_labels
 from keras_pd.parameterization import Prediction, check_parameterization, predict, v_from_x_eps
 from keras_pd.schedules import (
     LOGSNR_MAX,
@@ -43,11 +44,18 @@ class DiffusionModel(keras.Model):
         logsnr_min: lambda at t = 1 of the truncated cosine schedule.
         logsnr_max: lambda at t = 0.
         seed: seed of the model's SeedGenerator (t and eps draws).
+        label_dropout: probability of training on the null label (index `num_classes`) instead
+            of the example's: > 0 makes the model usable with classifier-free guidance.
+
+    A network built with `guidance=True` takes the guidance weight w as an input (a guided
+    student, `distillation.guided_student`); `denoise(..., guidance=w)` then calls it once.
+    Otherwise `guidance=w` on a class-conditional model runs classifier-free guidance: the
+    network on the labels and on the null label, combined by `guidance.guided_prediction`.
     """
 
     def __init__(self, network, data_shape, parameterization="x", weighting="truncated_snr",
                  num_classes=None, flip=False, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX,
-                 seed=None, **kwargs):
+                 seed=None, label_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.data_shape = tuple(int(d) for d in data_shape)
@@ -61,6 +69,14 @@ class DiffusionModel(keras.Model):
         self.logsnr_max = float(logsnr_max)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        if not 0.0 <= float(label_dropout) < 1.0:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+        if label_dropout and not self.num_classes:
+            raise ValueError("label_dropout needs a class-conditional model (num_classes)")
+        self.label_dropout = float(label_dropout)
+        self.takes_guidance = bool(getattr(network, "guidance", False))
+        if self.takes_guidance and not self.num_classes:
+            raise ValueError("a network taking guidance needs a class-conditional model")
         # float32 flips under mixed policies too: images are data, not activations.
         self.augment = (keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32")
                         if flip else None)
@@ -72,7 +88,10 @@ class DiffusionModel(keras.Model):
     def _build_network(self):
         z = ops.zeros((1,) + self.data_shape)
         labels = ops.zeros((1,), "int32") if self.num_classes else None
-        self.network(z, ops.zeros((1,)), labels, training=False)
+        if self.takes_guidance:
+            self.network(z, ops.zeros((1,)), labels, guidance=ops.zeros((1,)), training=False)
+        else:
+            self.network(z, ops.zeros((1,)), labels, training=False)
         if self.augment is not None:
             self.augment.build((None,) + self.data_shape)
         self.built = True
@@ -89,19 +108,29 @@ class DiffusionModel(keras.Model):
                 f"{', '.join(map(str, self.data_shape))}]"
             )
 
-    def denoise(self, z, logsnr, labels=None, training=False, clip=False):
+    @property
+    def guidable(self):
+        """Whether `denoise` accepts a guidance weight (null-label training or a w input)."""
+        return self.takes_guidance or (bool(self.num_classes) and self.label_dropout > 0)
+
+    def denoise(self, z, logsnr, labels=None, training=False, clip=False, guidance=None):
         """Predicts x, eps and v from z_t at log-SNR lambda (REFERENCE 2).
 
         Args:
             z: z_t, [B, *data_shape].
             logsnr: lambda_t, [B].
-            labels: int labels [B] for a class-conditional model, else None.
+            labels: int labels [B] for a class-conditional model, else None (the label
+                `num_classes` is the null label).
             training: dropout on or off.
             clip: clip x_hat to [-1, 1] and recompute eps_hat from it (sampling only).
+            guidance: guidance weights w [B], or None: the network's input for a guided
+                student (None there means w = 0), classifier-free guidance otherwise.
 
         Returns:
             A `Prediction(x, eps, v)`.
         """
+        if guidance is not None and not self.takes_guidance:
+            return self._classifier_free(z, logsnr, labels, guidance, training, clip)
         self.check_input(z)
         alpha, sigma = alpha_sigma(logsnr)
         if self.num_classes:
@@ -110,10 +139,34 @@ class DiffusionModel(keras.Model):
             labels = ops.cast(labels, "int32")
         else:
             labels = None
-        output = self.network(z, network_time(logsnr), labels, training=training)
+        if self.takes_guidance:
+            w = ops.zeros_like(logsnr) if guidance is None else ops.cast(guidance, "float32")
+            w = ops.broadcast_to(ops.reshape(w, (-1,)), ops.shape(logsnr))
+            output = self.network(z, network_time(logsnr), labels, guidance=w, training=training)
+        else:
+            output = self.network(z, network_time(logsnr), labels, training=training)
         output = ops.cast(output, "float32")  # mixed policies: the diffusion math in float32
         return predict(self.parameterization, output, z, expand_to(alpha, z), expand_to(sigma, z),
                        clip=clip)
+
+    def _classifier_free(self, z, logsnr, labels, guidance, training, clip):
+        """Classifier-free guidance: one network call on [labels; null] stacked on the batch."""
+        if not self.num_classes:
+            raise ValueError("guidance needs a class-conditional model")
+        if labels is None:
+            raise ValueError("labels are required: this model is class-conditional")
+        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        both = self.denoise(ops.concatenate([z, z], axis=0),
+                            ops.concatenate([logsnr, logsnr], axis=0),
+                            ops.concatenate([labels, null_labels(labels, self.num_classes)], 0),
+                            training=training)
+        batch = ops.shape(z)[0]
+        cond, uncond = (type(both)(*(v[:batch] for v in both)),
+                        type(both)(*(v[batch:] for v in both)))
+        w = ops.broadcast_to(ops.reshape(ops.cast(guidance, "float32"), (-1,)), (batch,))
+        alpha, sigma = alpha_sigma(logsnr)
+        return guided_prediction(cond, uncond, w, z, expand_to(alpha, z), expand_to(sigma, z),
+                                 clip=clip)
 
     def call(self, inputs, training=False):
         return inputs
@@ -143,6 +196,9 @@ class DiffusionModel(keras.Model):
         z, logsnr = self.noise(x, t, eps)
         alpha, sigma = alpha_sigma(logsnr)
         target = Prediction(x, eps, v_from_x_eps(x, eps, expand_to(alpha, x), expand_to(sigma, x)))
+        if self.label_dropout > 0 and training:
+            u = distribute.replica_rows(keras.random.uniform((rows,), seed=self.seed_generator))
+            y = drop_labels(y, self.num_classes, self.label_dropout, u)
         prediction = self.denoise(z, logsnr, labels=y, training=training)
         loss = ops.mean(weighted_loss(self.weighting, prediction, target))
         if self.losses:
@@ -160,7 +216,7 @@ class DiffusionModel(keras.Model):
         return self.augment.transform_images(x, {"flips": flips, "input_shape": ops.shape(x)})
 
     def sample(self, noise, num_steps, sampler="ddim", gamma=0.0, labels=None, clip=True,
-               seed=None):
+               seed=None, guidance=None):
         """Samples with N steps from starting noise; compiled on JAX and TensorFlow.
 
         Args:
@@ -169,6 +225,8 @@ class DiffusionModel(keras.Model):
             sampler: "ddim" or "ancestral".
             gamma: ancestral variance interpolation.
             labels: int [B] for class-conditional models.
+            guidance: the guidance weight w, a float or [B] floats (class-conditional models
+                trained with label dropout, or guided students); None: unguided.
             clip: clip x_hat at each step.
             seed: the ancestral sampler's seed.
 
@@ -180,7 +238,7 @@ class DiffusionModel(keras.Model):
         num_steps = check_steps(num_steps)
         noise = ops.convert_to_tensor(noise, "float32")
         self.check_input(noise, "noise")
-        key = (num_steps, sampler, float(gamma), bool(clip), seed)
+        key = (num_steps, sampler, float(gamma), bool(clip), seed, guidance is not None)
         cache = self.__dict__.setdefault("_samplers", {})
         if key not in cache:
             cache[key] = Sampler(self, num_steps, sampler, gamma, clip, seed)
@@ -189,6 +247,13 @@ class DiffusionModel(keras.Model):
             if labels is None:
                 raise ValueError("labels are required: this model is class-conditional")
             inputs["labels"] = ops.convert_to_tensor(labels, "int32")
+        if guidance is not None:
+            if not self.guidable:
+                raise ValueError("guidance needs a class-conditional model trained with "
+                                 "label_dropout > 0, or a guided student")
+            inputs["guidance"] = ops.broadcast_to(
+                ops.reshape(ops.convert_to_tensor(guidance, "float32"), (-1,)),
+                (ops.shape(noise)[0],))
         return ops.convert_to_numpy(cache[key].predict_on_batch(inputs))
 
     def get_config(self):
@@ -203,6 +268,7 @@ class DiffusionModel(keras.Model):
             logsnr_min=self.logsnr_min,
             logsnr_max=self.logsnr_max,
             seed=self.seed,
+            label_dropout=self.label_dropout,
         )
         return config
 

@@ -3,6 +3,10 @@
 `distillation_target` is the equation; `DistillationModel` is one round's training step, a
 single `compute_loss` override on every backend; `distill` runs the cascade N0 -> N_end as
 resumable rounds, each student written to its own run directory.
+
+Guided distillation (Meng et al., CVPR 2023; `guidance.py`): `GuidanceDistillationModel` is its
+stage one, a student taking w as input trained to match the classifier-free-guided teacher in one
+call; stage two is this cascade with w drawn per example and passed to teacher and student.
 """
 
 import dataclasses
@@ -17,6 +21,7 @@ from keras_pd import checkpoint as ckpt
 from keras_pd import distribute
 from keras_pd.data import BatchStream, load_dataset
 from keras_pd.diffusion import DiffusionModel
+from keras_pd.guidance import check_guidance_range, sample_guidance
 from keras_pd.parameterization import prediction_from_x
 from keras_pd.samplers import ddim_step
 from keras_pd.schedules import alpha_sigma, check_steps, expand_to
@@ -81,6 +86,102 @@ def copy_model(model, dropout=None, dtype_policy=None):
     return copy
 
 
+def guided_student(teacher, dtype_policy=None):
+    """A student taking the guidance weight w as input, initialised from a class-conditional
+    teacher: the teacher's weights, plus a zero-initialised w embedding (so it starts as the
+    teacher's conditional model for every w), dropout off."""
+    if not teacher.num_classes:
+        raise ValueError("guided distillation needs a class-conditional teacher")
+    config = teacher.get_config()
+    config["network"]["config"]["guidance"] = True
+    if "dropout" in config["network"]["config"]:
+        config["network"]["config"]["dropout"] = 0.0
+    config["label_dropout"] = 0.0
+    if dtype_policy is None:
+        student = DiffusionModel.from_config(config)
+    else:
+        with distribute.dtype_policy(dtype_policy):
+            student = DiffusionModel.from_config(distribute.with_dtype_policy(config, dtype_policy))
+    # The w embedding is built last, so the teacher's weights are a prefix of the student's.
+    extra = {id(v) for v in student.network.guidance_emb.weights}
+    targets = [v for v in student.network.weights if id(v) not in extra]
+    sources = teacher.network.weights
+    if [tuple(v.shape) for v in targets] != [tuple(v.shape) for v in sources]:
+        raise ValueError("the guided student's network does not extend the teacher's")
+    for target, source in zip(targets, sources):  # through numpy: no shared JAX buffers
+        target.assign(keras.ops.convert_to_numpy(source))
+    return student
+
+
+@keras.saving.register_keras_serializable(package="keras_pd")
+class GuidanceDistillationModel(keras.Model):
+    """Guided distillation, stage one (Meng et al., CVPR 2023): one call instead of two.
+
+    The student (`guided_student`) takes w as input and learns the teacher's classifier-free-
+    guided prediction x_hat_w(z_t, c) = (1 + w) x_hat(z_t, c) - w x_hat(z_t, null) at
+    t ~ U[0, 1], w ~ U[w_min, w_max], with the teacher's loss weighting on x_hat_w as target.
+
+    Args:
+        teacher: a class-conditional DiffusionModel trained with label dropout (frozen here).
+        student: a DiffusionModel whose network takes guidance.
+        guidance_range: (w_min, w_max).
+        weighting: loss weighting.
+        seed: seed of the t, eps and w draws.
+    """
+
+    def __init__(self, teacher, student, guidance_range=(0.0, 4.0), weighting="truncated_snr",
+                 seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not student.takes_guidance:
+            raise ValueError("the student must take guidance (see guided_student)")
+        self.teacher = teacher
+        self.teacher.trainable = True  # re-propagate the flag (see DistillationModel)
+        self.teacher.trainable = False
+        self.student = student
+        self.guidance_range = check_guidance_range(*guidance_range)
+        self.weighting = check_weighting(weighting)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True
+
+    def call(self, inputs, training=False):
+        return inputs
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Weighted error between the student's x_hat(z_t, c, w) and the guided teacher's."""
+        x = ops.convert_to_tensor(x, "float32")
+        self.student.check_input(x, "the training batch")
+        if self.student.augment is not None and training:
+            x = self.student.flip_batch(x)
+        rows = ops.shape(x)[0] * distribute.replicas_in_step()
+        t = distribute.replica_rows(keras.random.uniform((rows,), seed=self.seed_generator))
+        eps = distribute.replica_rows(
+            keras.random.normal((rows,) + self.student.data_shape, seed=self.seed_generator))
+        w = distribute.replica_rows(sample_guidance(rows, *self.guidance_range,
+                                                    seed=self.seed_generator))
+        z_t, logsnr = self.student.noise(x, t, eps)
+        target = self.teacher.denoise(z_t, logsnr, labels=y, training=False, guidance=w)
+        target = prediction_from_x(z_t, ops.stop_gradient(target.x),
+                                   *(expand_to(v, x) for v in alpha_sigma(logsnr)))
+        prediction = self.student.denoise(z_t, logsnr, labels=y, training=training, guidance=w)
+        return distribute.scale_loss(ops.mean(weighted_loss(self.weighting, prediction, target)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(teacher=keras.saving.serialize_keras_object(self.teacher),
+                      student=keras.saving.serialize_keras_object(self.student),
+                      guidance_range=list(self.guidance_range), weighting=self.weighting,
+                      seed=self.seed)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("teacher", "student"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package="keras_pd")
 class DistillationModel(keras.Model):
     """One distillation round: a frozen teacher for 2N steps, a trainable student for N steps.
@@ -95,10 +196,13 @@ class DistillationModel(keras.Model):
         student_steps: N, the student's step count.
         weighting: loss weighting (truncated SNR by default, as the authors use).
         seed: seed of the i and eps draws.
+        guidance_range: (w_min, w_max) for guided students (teacher and student take w):
+            each example draws w ~ U[w_min, w_max], passed to both (guided distillation,
+            stage two).
     """
 
     def __init__(self, teacher, student, student_steps, weighting="truncated_snr", seed=None,
-                 **kwargs):
+                 guidance_range=None, **kwargs):
         super().__init__(**kwargs)
         if tuple(teacher.data_shape) != tuple(student.data_shape):
             raise ValueError("teacher and student must have the same data shape")
@@ -114,6 +218,12 @@ class DistillationModel(keras.Model):
         self.weighting = check_weighting(weighting)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        if student.takes_guidance != teacher.takes_guidance:
+            raise ValueError("teacher and student must both take guidance, or neither")
+        if student.takes_guidance and guidance_range is None:
+            raise ValueError("guided students need a guidance_range")
+        self.guidance_range = (check_guidance_range(*guidance_range)
+                               if student.takes_guidance else None)
         self.built = True
 
     def call(self, inputs, training=False):
@@ -135,21 +245,29 @@ class DistillationModel(keras.Model):
             keras.random.normal((rows,) + self.student.data_shape, seed=self.seed_generator))
         z_t, logsnr = self.student.noise(x, t, eps)
         labels = y if self.student.num_classes else None
+        w = None
+        if self.guidance_range is not None:
+            w = distribute.replica_rows(sample_guidance(rows, *self.guidance_range,
+                                                        seed=self.seed_generator))
 
         def teacher_denoise(z, lam):
-            return self.teacher.denoise(z, lam, labels=labels, training=False, clip=False)
+            return self.teacher.denoise(z, lam, labels=labels, training=False, clip=False,
+                                        guidance=w)
 
         x_tilde, _ = distillation_target(teacher_denoise, z_t, t, n, self.student.logsnr)
         alpha, sigma = (expand_to(v, x) for v in alpha_sigma(logsnr))
         target = prediction_from_x(z_t, x_tilde, alpha, sigma)
-        prediction = self.student.denoise(z_t, logsnr, labels=labels, training=training)
+        prediction = self.student.denoise(z_t, logsnr, labels=labels, training=training,
+                                          guidance=w)
         return distribute.scale_loss(ops.mean(weighted_loss(self.weighting, prediction, target)))
 
     def get_config(self):
         config = super().get_config()
         config.update(teacher=keras.saving.serialize_keras_object(self.teacher),
                       student=keras.saving.serialize_keras_object(self.student),
-                      student_steps=self.student_steps, weighting=self.weighting, seed=self.seed)
+                      student_steps=self.student_steps, weighting=self.weighting, seed=self.seed,
+                      guidance_range=(None if self.guidance_range is None
+                                      else list(self.guidance_range)))
         return config
 
     @classmethod
@@ -177,6 +295,9 @@ class DistillConfig:
         checkpoint_every: updates between checkpoints.
         grad_clip: clipping by global norm.
         skip_nonfinite: skip updates with non-finite gradients instead of stopping the run.
+        guided: guided distillation: first a student taking w as input is trained to match the
+            classifier-free-guided teacher (`guided_updates` updates, w ~ U[guidance_min,
+            guidance_max]), then the cascade distils it with w passed through.
     """
 
     teacher_steps: int | None = None
@@ -191,7 +312,6 @@ class DistillConfig:
     checkpoint_every: int = 500
     grad_clip: float = 1.0
     data_dir: str | None = None
-    skip_nonfinite: bool = False
     # Scale-out and precision (keras_pd.distribute; docs/scaling.md); batch_size is global.
     distribution: str = "none"
     coordinator_address: str | None = None
@@ -199,6 +319,11 @@ class DistillConfig:
     process_id: int | None = None
     tpu: str | None = None
     dtype_policy: str = "float32"
+    skip_nonfinite: bool = False
+    guided: bool = False
+    guidance_min: float = 0.0
+    guidance_max: float = 4.0
+    guided_updates: int = 2000
 
 
 def student_dir(workdir, steps):
@@ -243,8 +368,12 @@ def _check_teacher_data(card, dataset):
             f"dataset {dataset.name!r} has shape {list(dataset.data_shape)}")
 
 
-def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset, verbose=1):
+def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset, verbose=1,
+                  guided_stage=False):
     """Trains (or resumes, or skips when complete) the N-step student of `teacher_dir`.
+
+    With `guided_stage`, trains guided distillation's stage one instead: a student taking w
+    that matches the classifier-free-guided teacher at the teacher's own step count.
 
     Returns:
         The student's card.
@@ -263,25 +392,42 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
     engine = distribute.from_config(cfg)
     engine.check_batch_size(cfg.batch_size)
     _check_teacher_data(teacher_card, dataset)
-    updates = round_updates(cfg, student_steps)
+    updates = cfg.guided_updates if guided_stage else round_updates(cfg, student_steps)
+    guidance_range = ((cfg.guidance_min, cfg.guidance_max) if guided_stage
+                      else teacher_card.get("guidance_range"))
     # Load, build, compile and fit under the engine; both models take the run's dtype policy.
     with ckpt.workdir_lock(out_dir), engine.scope():
         teacher = copy_model(ckpt.load_model(teacher_dir)[0], dtype_policy=cfg.dtype_policy)
-        student = copy_model(teacher, dropout=0.0, dtype_policy=cfg.dtype_policy)
-        model = DistillationModel(teacher, student, student_steps, cfg.weighting,
-                                  seed=cfg.seed + round_index)
+        if guided_stage:
+            if not teacher.guidable:
+                raise ValueError(f"guided distillation needs a class-conditional teacher trained "
+                                 f"with label dropout; {teacher_dir} was not")
+            student = guided_student(teacher, dtype_policy=cfg.dtype_policy)
+            model = GuidanceDistillationModel(teacher, student, guidance_range, cfg.weighting,
+                                              seed=cfg.seed + round_index)
+        else:
+            student = copy_model(teacher, dropout=0.0, dtype_policy=cfg.dtype_policy)
+            model = DistillationModel(teacher, student, student_steps, cfg.weighting,
+                                      seed=cfg.seed + round_index,
+                                      guidance_range=guidance_range if teacher.takes_guidance
+                                      else None)
         optimizer = make_optimizer(cfg.learning_rate, decay_steps=updates,
-                                   grad_clip=cfg.grad_clip, skip_nonfinite=cfg.skip_nonfinite)
+                                   grad_clip=cfg.grad_clip,
+                                   skip_nonfinite=cfg.skip_nonfinite)
         model.compile(optimizer=engine.optimizer(optimizer))
         model.optimizer.build(model.trainable_variables)
         manager = ckpt.CheckpointManager(os.path.join(out_dir, "checkpoints"))
         card = {k: teacher_card[k] for k in ("dataset", "data_shape", "num_classes", "preset",
                                              "parameterization", "schedule")
                 if k in teacher_card}
-        card.update(kind="student", weighting=cfg.weighting, sampling_steps=student_steps,
-                    teacher=os.path.abspath(teacher_dir), teacher_steps=2 * student_steps,
+        card.update(kind="guided_student" if guided_stage else "student",
+                    weighting=cfg.weighting, sampling_steps=student_steps,
+                    teacher=os.path.abspath(teacher_dir),
+                    teacher_steps=student_steps if guided_stage else 2 * student_steps,
                     round=round_index, updates=updates, steps_trained=0, wall_time_s=0.0,
                     complete=False, seed=cfg.seed, config=dataclasses.asdict(cfg))
+        if student.takes_guidance:
+            card["guidance_range"] = list(guidance_range)
         state = manager.restore(model)
         start = 0
         if state is not None:
@@ -330,6 +476,15 @@ def distill(teacher_dir, workdir, config=None, verbose=1):
     _check_teacher_data(teacher_card, dataset)
     previous, done = teacher_dir, []
     first_round = int(teacher_card.get("round", 0)) + 1
+    if cfg.guided:
+        check_guidance_range(cfg.guidance_min, cfg.guidance_max)
+        check_steps(cfg.guided_updates, "guided_updates")
+        previous = os.path.join(workdir, f"guided_{n0:04d}")
+        card = distill_round(teacher_dir, previous, n0, cfg, first_round, dataset, verbose,
+                             guided_stage=True)
+        if verbose:
+            print(f"guided {n0}-step student (takes w): {previous} ({card['updates']} updates)")
+        first_round += 1
     for k, steps in enumerate(rounds):
         out = student_dir(workdir, steps)
         t0 = time.time()

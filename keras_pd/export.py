@@ -6,6 +6,8 @@ built-in ops only (no Flex / SELECT_TF_OPS):
 
     inputs:  noise   float32 [B, *data_shape]   standard normal z_1
              labels  int32   [B]                only for class-conditional models
+             guidance float32 [B]               only for guidable models (label dropout, or
+                                                a guided student): the guidance weight w
     outputs: samples float32 [B, *data_shape]   in [-1, 1]
 
 B (`batch_size`) and N (`steps`) are fixed at export time. A JSON file beside the output
@@ -115,12 +117,18 @@ def interface(model, batch_size):
     inputs = {"noise": {"shape": shape, "dtype": "float32"}}
     if model.num_classes:
         inputs["labels"] = {"shape": [int(batch_size)], "dtype": "int32"}
+    if model.guidable:
+        inputs["guidance"] = {"shape": [int(batch_size)], "dtype": "float32"}
     return inputs, {"samples": {"shape": shape, "dtype": "float32"}}
 
 
-def _serving_fn(sampler, class_conditional):
+def _serving_fn(sampler, class_conditional, guidable=False):
     """The function exported: named arguments in, {"samples": ...} out."""
-    if class_conditional:
+    if guidable:
+        def serve(noise, labels, guidance):
+            return {"samples": sampler({"noise": noise, "labels": labels,
+                                        "guidance": guidance})}
+    elif class_conditional:
         def serve(noise, labels):
             return {"samples": sampler({"noise": noise, "labels": labels})}
     else:
@@ -143,7 +151,8 @@ def _write_saved_model(model, sampler, path, batch_size):
         # Static: weights become constants of the jax2tf function, and no variable (the seed
         # generators' uint32 states) is written back, which TFLite could not convert.
         kwargs["is_static"] = True
-    archive.add_endpoint(SIGNATURE, _serving_fn(sampler, bool(model.num_classes)), signature,
+    archive.add_endpoint(SIGNATURE, _serving_fn(sampler, bool(model.num_classes), model.guidable),
+                         signature,
                          **kwargs)
     archive.write_out(path, verbose=False)
 
@@ -172,7 +181,8 @@ def _convert_to_litert(saved_model_dir, quantize):
 def _export_positional(model, sampler, path, batch_size, fmt):
     """Keras' own `Model.export` (litert-torch's LiteRT, or ONNX) on the unrolled sampler."""
     inputs, _ = interface(model, batch_size)
-    wrapper = _PositionalSampler(sampler, bool(model.num_classes), name="sampler_export")
+    wrapper = _PositionalSampler(sampler, bool(model.num_classes), model.guidable,
+                                 name="sampler_export")
     signature = [keras.InputSpec(shape=tuple(spec["shape"]), dtype=spec["dtype"])
                  for spec in inputs.values()]
     wrapper.export(path, format=fmt, input_signature=signature, verbose=False)
@@ -218,16 +228,19 @@ def check_onnx(path, model, batch_size):
 class _PositionalSampler(keras.Model):
     """Positional (noise[, labels]) -> samples, as Keras' litert-torch and ONNX exporters trace."""
 
-    def __init__(self, sampler, class_conditional, **kwargs):
+    def __init__(self, sampler, class_conditional, guidable=False, **kwargs):
         super().__init__(**kwargs)
         self.sampler = sampler
         self.class_conditional = class_conditional
+        self.guidable = guidable
         self.built = True
 
-    def call(self, noise, labels=None):
+    def call(self, noise, labels=None, guidance=None):
         inputs = {"noise": noise}
         if self.class_conditional:
             inputs["labels"] = labels
+        if self.guidable:
+            inputs["guidance"] = guidance
         return self.sampler(inputs)
 
 
@@ -383,6 +396,7 @@ def export_sampler(checkpoint_dir, output, steps=None, format="saved_model", qua
         "data_shape": list(model.data_shape),
         "class_conditional": bool(model.num_classes),
         "num_classes": model.num_classes,
+        "guidable": model.guidable,
         "parameterization": model.parameterization,
         "source_checkpoint": os.path.abspath(checkpoint_dir),
         "source_kind": card.get("kind"),
@@ -436,8 +450,8 @@ def measure_latency(path, runs=50, threads=2, warmup=3, seed=0):
 
     meta = ckpt.read_json(metadata_path(path))
     rng = np.random.default_rng(seed)
-    feed = {name: (rng.standard_normal(spec["shape"]).astype("float32")
-                   if spec["dtype"] == "float32" else np.zeros(spec["shape"], spec["dtype"]))
+    feed = {name: (rng.standard_normal(spec["shape"]).astype("float32") if name == "noise"
+                   else np.full(spec["shape"], 1 if name == "guidance" else 0, spec["dtype"]))
             for name, spec in meta["inputs"].items()}
     if path.endswith(".onnx"):
         import onnxruntime

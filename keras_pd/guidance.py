@@ -69,10 +69,11 @@ def guided_prediction(cond, uncond, w, z, alpha, sigma, clip=False):
     Returns:
         Prediction(x, eps, v).
     """
-    x = guided_x(cond.x, uncond.x, w)
+    z, alpha, sigma = (ops.convert_to_tensor(v, "float32") for v in (z, alpha, sigma))
+    x = guided_x(ops.convert_to_tensor(cond.x), ops.convert_to_tensor(uncond.x), w)
     if clip:
         return prediction_from_x(z, ops.clip(x, -1.0, 1.0), alpha, sigma)
-    eps = guided_x(cond.eps, uncond.eps, w)
+    eps = guided_x(ops.convert_to_tensor(cond.eps), ops.convert_to_tensor(uncond.eps), w)
     return Prediction(x, eps, v_from_x_eps(x, eps, alpha, sigma))
 
 

@@ -24,12 +24,13 @@ STEPS = 4
 PARITY = 1e-4
 
 
-def _tiny_run(directory, num_classes=None, seed=0):
+def _tiny_run(directory, num_classes=None, seed=0, label_dropout=0.0):
     """A tiny x-prediction model with perturbed weights (its output layer is zero-initialised),
     saved as a run directory whose card asks for 4 sampling steps."""
     net = MLPDenoiser(out_dim=1, width=32, num_blocks=1, emb_dim=16, dropout=0.1,
                       num_classes=num_classes)
-    model = DiffusionModel(net, SHAPE, parameterization="x", num_classes=num_classes, seed=seed)
+    model = DiffusionModel(net, SHAPE, parameterization="x", num_classes=num_classes, seed=seed,
+                           label_dropout=label_dropout)
     rng = np.random.default_rng(seed)
     for v in model.trainable_weights:
         value = keras.ops.convert_to_numpy(v)
@@ -201,6 +202,28 @@ def test_class_conditional_export_takes_labels(tmp_path):
     assert err < PARITY
     other = _run_litert(path, noise, np.array([2, 0, 1], "int32"))
     assert np.abs(other - got).max() > 1e-3  # the labels matter
+
+
+@needs_export
+def test_guided_export_takes_guidance(tmp_path):
+    run = _tiny_run(tmp_path / "guided", num_classes=3, seed=5, label_dropout=0.1)
+    model, _ = ckpt.load_model(run)
+    noise, labels = _noise(3, seed=4), np.array([0, 1, 2], "int32")
+    w = np.array([0.0, 1.0, 3.0], "float32")
+    want = model.sample(noise, 2, labels=labels, guidance=w)
+    path = str(tmp_path / "guided.tflite")
+    meta = export.export_sampler(run, path, steps=2, format="litert", batch_size=3)
+    assert meta["guidable"] and meta["inputs"]["guidance"] == {"shape": [3], "dtype": "float32"}
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=path, num_threads=1).get_signature_runner("serving_default")
+    got = runner(noise=noise, labels=labels, guidance=w)["samples"]
+    err = float(np.abs(got - want).max())
+    print(f"\n[{BACKEND}] guided LiteRT float32 max |diff|: {err:.2e}")
+    assert err < PARITY
+    unguided = runner(noise=noise, labels=labels, guidance=np.zeros(3, "float32"))["samples"]
+    assert np.abs(unguided[2] - got[2]).max() > 1e-3  # w matters
+    np.testing.assert_allclose(unguided[0], got[0], atol=1e-6)  # w = 0 in both
 
 
 # -- ONNX: TensorFlow (tf2onnx) and torch (torch.onnx); JAX needs jax2onnx ------------------
