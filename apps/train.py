@@ -28,6 +28,8 @@ flags.DEFINE_string("workdir", "runs/teacher", "Run directory (resumed if it hol
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Updates between checkpoints.")
 flags.DEFINE_integer("sample_every", _D.sample_every, "Updates between sample grids.")
 flags.DEFINE_boolean("class_conditional", _D.class_conditional, "Condition on the labels.")
+flags.DEFINE_float("label_dropout", _D.label_dropout, "Probability of the null label in training "
+                   "(> 0 enables classifier-free guidance; 0.1 is usual).")
 flags.DEFINE_integer("sampling_steps", None, "DDIM steps the teacher is meant to sample with.")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
 flags.DEFINE_boolean("download", False, "Let tensorflow-datasets download (needs network).")

@@ -66,10 +66,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     sample_every: int = 5000
     class_conditional: bool = False
+    label_dropout: float = 0.0
     sampling_steps: int | None = None
     data_dir: str | None = None
     download: bool = False
-    skip_nonfinite: bool = False
     # Scale-out and precision (keras_pd.distribute; docs/scaling.md); batch_size is global.
     distribution: str = "none"
     coordinator_address: str | None = None
@@ -77,6 +77,7 @@ class TrainConfig:
     process_id: int | None = None
     tpu: str | None = None
     dtype_policy: str = "float32"
+    skip_nonfinite: bool = False
 
     def resolved(self):
         """A copy with dataset defaults filled in, validated."""
@@ -102,6 +103,10 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {cfg.ema_decay}")
         if cfg.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+        if not 0.0 <= cfg.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {cfg.label_dropout}")
+        if cfg.label_dropout and not cfg.class_conditional:
+            raise ValueError("label_dropout needs --class_conditional")
         get_preset(cfg.preset)  # an unknown preset fails here, before the workdir is touched
         return cfg
 
@@ -116,7 +121,8 @@ def build_teacher(cfg, dataset):
                            output_channels(cfg.parameterization, channels),
                            num_classes=num_classes, dropout=cfg.dropout)
     return DiffusionModel(network, dataset.data_shape, cfg.parameterization, cfg.weighting,
-                          num_classes=num_classes, flip=dataset.flip, seed=cfg.seed)
+                          num_classes=num_classes, flip=dataset.flip, seed=cfg.seed,
+                          label_dropout=cfg.label_dropout)
 
 
 def make_optimizer(learning_rate, warmup_steps=0, decay_steps=None, ema_decay=0.0,
@@ -257,7 +263,8 @@ def card_for(cfg, dataset):
 
 
 # Fields that must agree between a workdir's checkpoint and the flags of a resumed run.
-_RESUME_KEYS = ("dataset", "preset", "parameterization", "weighting", "class_conditional")
+_RESUME_KEYS = ("dataset", "preset", "parameterization", "weighting", "class_conditional",
+                "label_dropout")
 
 
 def train(config, workdir, verbose=1):

@@ -66,8 +66,10 @@ def make_labels(num, labels, num_classes):
     return (np.arange(num) % num_classes).astype("int32")
 
 
-def sample(runner, inputs, noise, labels=None):
-    """Runs `noise` [num, ...] through the fixed-batch model; returns samples [num, ...]."""
+def sample(runner, inputs, noise, labels=None, guidance=None):
+    """Runs `noise` [num, ...] through the fixed-batch model; returns samples [num, ...].
+
+    `guidance` (a float w) is fed to models that take it (guided students)."""
     batch = int(inputs["noise"]["shape"][0])
     num = len(noise)
     pad = (-num) % batch  # the last call is padded to the fixed batch
@@ -79,6 +81,8 @@ def sample(runner, inputs, noise, labels=None):
         feed = {"noise": noise[i:i + batch]}
         if labels is not None:
             feed["labels"] = labels[i:i + batch]
+        if "guidance" in inputs:
+            feed["guidance"] = np.full((batch,), guidance or 0.0, "float32")
         out.append(next(iter(runner(**feed).values())))
     return np.concatenate(out)[:num]
 
@@ -120,6 +124,8 @@ def main(argv=None):
     parser.add_argument("--noise", default=None,
                         help=".npy of starting noise [num, *data_shape] (overrides --num, --seed)")
     parser.add_argument("--labels", default=None, help="class-conditional: comma-separated")
+    parser.add_argument("--guidance", type=float, default=0.0,
+                        help="guidance weight w, for models that take it (guided students)")
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads")
     parser.add_argument("--scale", type=int, default=4, help="pixel upscaling of the PNG")
     parser.add_argument("--benchmark", type=int, default=0,
@@ -148,7 +154,7 @@ def main(argv=None):
     labels = None
     if "labels" in inputs:
         labels = make_labels(args.num, args.labels, meta.get("num_classes"))
-    samples = sample(runner, inputs, noise, labels)
+    samples = sample(runner, inputs, noise, labels, args.guidance)
     report = {"model": args.model, "num": args.num, "data_shape": list(shape),
               "min": float(samples.min()), "max": float(samples.max())}
 
@@ -166,6 +172,8 @@ def main(argv=None):
         feed = {"noise": noise[:1].repeat(batch, 0)}
         if labels is not None:
             feed["labels"] = labels[:1].repeat(batch, 0)
+        if "guidance" in inputs:
+            feed["guidance"] = np.full((batch,), args.guidance, "float32")
         for _ in range(3):
             runner(**feed)
         times = []
