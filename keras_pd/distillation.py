@@ -436,8 +436,10 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
             start = int(state["step"])
         if start < updates:
             if verbose:
-                print(f"round {round_index}: {2 * student_steps} -> {student_steps} steps, "
-                      f"updates {start}..{updates}")
+                what = (f"guided stage one: {student_steps} steps, w in [{guidance_range[0]:g}, "
+                        f"{guidance_range[1]:g}]" if guided_stage
+                        else f"{2 * student_steps} -> {student_steps} steps")
+                print(f"round {round_index}: {what}, updates {start}..{updates}")
             run_cb = RunCallback(out_dir, card, start, updates, cfg.checkpoint_every,
                                  sample_every=updates,
                                  sample_fn=lambda m, p: sample_grid(m, p, student_steps,
