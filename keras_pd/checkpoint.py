@@ -278,16 +278,43 @@ class CheckpointManager:
         return None
 
 
+def _seed_variables(model):
+    return [v for v in model.non_trainable_variables if "seed_generator_state" in v.path]
+
+
 def seed_states(model):
-    """Values of every SeedGenerator state in a model (not kept by load_weights; REFERENCE 8)."""
-    return {v.path: np.asarray(keras.ops.convert_to_numpy(v)).tolist()
-            for v in model.non_trainable_variables if "seed_generator_state" in v.path}
+    """Every SeedGenerator state in a model, in the model's variable order (not kept by
+    load_weights; REFERENCE 8).
+
+    Returns:
+        [[path, [seed, counter]], ...]. Restored by position: a SeedGenerator's path holds a
+        process-wide counter ("seed_generator_7/seed_generator_state") that depends on how many
+        were created before it, so a resumed process (or a second run in one process) names the
+        same generator differently; the position in the model does not change.
+    """
+    return [[v.path, np.asarray(keras.ops.convert_to_numpy(v)).tolist()]
+            for v in _seed_variables(model)]
 
 
 def restore_seed_states(model, states):
-    for v in model.non_trainable_variables:
-        if v.path in states:
-            v.assign(np.asarray(states[v.path], dtype=v.dtype))
+    """Assigns states saved by `seed_states` (a {path: value} dict of older checkpoints is
+    matched by path; a generator it does not name keeps its initial state, with a warning)."""
+    variables = _seed_variables(model)
+    if isinstance(states, dict):  # checkpoints written before positional restore
+        missing = [v.path for v in variables if v.path not in states]
+        for v in variables:
+            if v.path in states:
+                v.assign(np.asarray(states[v.path], dtype=v.dtype))
+        if missing:
+            warnings.warn(f"checkpoint holds no RNG state for {', '.join(missing)}: those "
+                          f"draws restart from their seed (the run is not bit-identical to an "
+                          f"uninterrupted one)")
+        return
+    if len(states) != len(variables):
+        raise CheckpointError(f"checkpoint holds {len(states)} RNG states, the model has "
+                              f"{len(variables)}: not a checkpoint of this model")
+    for v, (_, value) in zip(variables, states):
+        v.assign(np.asarray(value, dtype=v.dtype))
 
 
 def remove_stale_temporaries(directory):
