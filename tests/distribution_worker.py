@@ -3,6 +3,8 @@
     KERAS_BACKEND=jax XLA_FLAGS=--xla_force_host_platform_device_count=2 \
         python tests/distribution_worker.py data_parallel WORKDIR
     KERAS_BACKEND=tensorflow python tests/distribution_worker.py mirrored WORKDIR
+    # 4 devices (docs/scaling.md): a third argument, and the XLA flag's count on JAX
+    KERAS_BACKEND=tensorflow python tests/distribution_worker.py mirrored WORKDIR 4
 
 Virtual devices must exist before the backend initialises, hence a separate process. Prints one
 JSON line: per-step losses and weights (flattened) of a teacher and a distillation run under the
@@ -16,11 +18,13 @@ import shutil
 import sys
 
 ENGINE, WORKDIR = sys.argv[1], sys.argv[2]
+NUM_DEVICES = int(sys.argv[3]) if len(sys.argv) > 3 else 2
 if os.environ["KERAS_BACKEND"] == "tensorflow":
     import tensorflow as tf
 
     _cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    tf.config.set_logical_device_configuration(
+        _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_DEVICES)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
