@@ -234,6 +234,10 @@ def main(argv=None):
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--apps", default="train,distill,pipeline")
+    parser.add_argument("--window_fraction", type=float, default=1 / 6,
+                        help="kill delay after a launch starts training: uniform in [0, this "
+                             "fraction of the reference run's wall time] (at least 4 s); lower "
+                             "it when the run finishes before --kills kills")
     args = parser.parse_args(argv)
     if args.kills < 1:
         raise SystemExit("error: --kills must be >= 1")
@@ -276,9 +280,10 @@ def main(argv=None):
         reference(name, make_cmd(ref))
         chaos = os.path.join(args.workdir, f"chaos_{name}")
         log_path = os.path.join(args.workdir, f"chaos_{name}.log")
-        # Kill window after the start-up: a sixth of a full run, so that the kills land at
-        # all stages and the run still needs >= `kills` relaunches.
-        window = (0.0, max(4.0, ref_time[name] / 6))
+        # Kill window after the start-up: a fraction (default a sixth) of a full run, so that
+        # the kills land at all stages and the run still needs >= `kills` relaunches.
+        window = (0.0, max(4.0, ref_time[name] * args.window_fraction))
+        load_before = os.getloadavg()
         events, launches, total = chaos_run(name, make_cmd(chaos), chaos, window, args.kills,
                                             rng, log_path)
         rows = check_resumes(events, interval)
@@ -299,18 +304,24 @@ def main(argv=None):
             steps_trained={run: c.get("steps_trained") for run, c in sorted(cards.items())},
             final_model_loads_and_samples=True, weights_equal_reference=same,
             max_abs_weight_diff=diff, leftover_tmp_files=len(temp_files(chaos)),
-            checkpoint_interval=interval)
+            checkpoint_interval=interval, kill_window_s=[round(w, 1) for w in window],
+            load_average_1min_before_after=[round(load_before[0], 2),
+                                            round(os.getloadavg()[0], 2)])
         print(json.dumps({name: {k: v for k, v in results[name].items() if k != "per_kill"}}),
               flush=True)
 
     import keras
 
     summary = dict(seed=args.seed, backend=keras.backend.backend(), kills_per_app=args.kills,
+                   keras_version=keras.__version__, window_fraction=args.window_fraction,
                    machine=f"{os.cpu_count()}-core CPU", results=results)
     with open(os.path.join(args.workdir, "chaos.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print()
-    print(f"Backend {summary['backend']}, seed {args.seed}, {summary['machine']}.")
+    print(f"Backend {summary['backend']}, keras {keras.__version__}, seed {args.seed}, "
+          f"{summary['machine']}, kill window fraction {args.window_fraction:.3g}; 1-min load "
+          f"average before/after each app: "
+          + ", ".join(f"{n} {r['load_average_1min_before_after']}" for n, r in results.items()))
     print()
     print("| app | kills | launches | resumed from newest checkpoint | kills during a checkpoint "
           "write | updates as requested | final model loads and samples | weights = "
