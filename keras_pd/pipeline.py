@@ -65,8 +65,13 @@ def run_pipeline(workdir, config=None, verbose=1):
     """Runs (or resumes) the whole job in `workdir`; returns the evaluation results.
 
     Writes workdir/teacher, workdir/student_NNNN, results.{md,json,png}, grids/ and report.md.
+    A second pipeline on the same workdir is refused (a lock) while this one runs.
     """
-    cfg = config or PipelineConfig()
+    with ckpt.workdir_lock(workdir):
+        return _run_pipeline(workdir, config or PipelineConfig(), verbose)
+
+
+def _run_pipeline(workdir, cfg, verbose):
     timings_path = os.path.join(workdir, "timings.json")
     timings = ckpt.read_json(timings_path) if os.path.exists(timings_path) else {}
 

@@ -45,3 +45,13 @@ def test_pipeline_end_to_end_on_digits_and_resume(tmp_path):
         after = json.load(f)
     assert again["cells"] == results["cells"]
     assert after["train teacher"] - before["train teacher"] < 30
+
+
+def test_second_pipeline_on_a_workdir_is_refused(tmp_path):
+    from keras_pd import checkpoint as ckpt
+
+    workdir = str(tmp_path / "run")
+    with ckpt.workdir_lock(workdir):
+        with pytest.raises(ckpt.CheckpointError, match="in use by another run"):
+            run_pipeline(workdir, PipelineConfig(dataset="digits", **QUICK), verbose=0)
+    assert sorted(os.listdir(workdir)) == ["lock"]  # nothing started
