@@ -113,21 +113,25 @@ def numpy_matmul_peak(n, repeats):
             "gflops_all": [round(flops / t / 1e9, 1) for t in times]}
 
 
-def backend_matmul(n, repeats):
-    """Median GFLOP/s of the same matmul through keras.ops on the current backend."""
+def backend_matmul(n, repeats, dtype="float32", inner=1):
+    """Median GFLOP/s of an n x n matmul through keras.ops on the current backend (on an
+    accelerator: the chip's achievable peak in `dtype`; `inner` back-to-back products per timing
+    hide the dispatch and the final host transfer)."""
     from keras import ops
 
     rng = np.random.default_rng(1)
-    a = ops.convert_to_tensor(rng.standard_normal((n, n), dtype=np.float32))
-    b = ops.convert_to_tensor(rng.standard_normal((n, n), dtype=np.float32))
-    ops.convert_to_numpy(ops.matmul(a, b))
+    a = ops.convert_to_tensor(rng.standard_normal((n, n), dtype=np.float32), dtype)
+    b = ops.convert_to_tensor(rng.standard_normal((n, n), dtype=np.float32), dtype)
+    ops.convert_to_numpy(ops.matmul(a, b)[0, 0])
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        c = ops.matmul(a, b)
+        for _ in range(inner):
+            c = ops.matmul(a, b)
         ops.convert_to_numpy(c[0, 0])
-        times.append(time.perf_counter() - t0)
-    return {"n": n, "gflops": 2.0 * n ** 3 / statistics.median(times) / 1e9}
+        times.append((time.perf_counter() - t0) / inner)
+    return {"n": n, "dtype": dtype, "inner": inner,
+            "gflops": 2.0 * n ** 3 / statistics.median(times) / 1e9}
 
 
 def set_threads(backend, threads):
@@ -152,6 +156,27 @@ def set_threads(backend, threads):
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def device_name(backend):
+    """The device the backend computes on, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu'."""
+    try:
+        if backend == "jax":
+            import jax
+
+            return jax.devices()[0].device_kind
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            return gpus[0].name if gpus else "cpu"
+    except Exception as e:  # the figure matters more than the name
+        return f"unknown ({type(e).__name__})"
+    return "unknown"
 
 
 def backend_versions(backend):
@@ -460,7 +485,10 @@ def finalize_mfu(report):
     the best of the two medians is the closer estimate of the uncontended peak.
     """
     peaks = report["matmul_peak"]
-    peak = max(peaks["numpy_start"]["gflops"], peaks.get("numpy_end", {}).get("gflops", 0.0))
+    if report.get("mfu_peak") == "backend":  # an accelerator: the chip's measured peak
+        peak = peaks["backend_ops"]["gflops"]
+    else:
+        peak = max(peaks["numpy_start"]["gflops"], peaks.get("numpy_end", {}).get("gflops", 0.0))
     peaks["used_for_mfu_gflops"] = peak
     for result in report["presets"].values():
         for phase in ("train", "distill"):
@@ -507,6 +535,10 @@ def parse_args(argv=None):
     p.add_argument("--min_time", type=float, default=0.25,
                    help="seconds each sampling timing lasts at least (calls are repeated)")
     p.add_argument("--peak_size", type=int, default=2048, help="n of the n x n matmul peak")
+    p.add_argument("--mfu_peak", default="numpy", choices=("numpy", "backend"),
+                   help="MFU against the NumPy float32 peak (CPU) or the backend's own matmul "
+                        "in --peak_dtype (an accelerator: e.g. bfloat16 on a GPU)")
+    p.add_argument("--peak_dtype", default="float32", help="dtype of the backend matmul peak")
     p.add_argument("--no_distill", action="store_true")
     p.add_argument("--no_sampling", action="store_true")
     p.add_argument("--threads", type=int, default=0,
@@ -551,10 +583,14 @@ def main(argv=None):
         "matmul_peak": {"numpy_start": peak_start},
         "presets": {},
     }
-    report["matmul_peak"]["backend_ops"] = backend_matmul(args.peak_size, 5)
-    log(f"{backend} keras.ops.matmul {report['matmul_peak']['backend_ops']['gflops']:.1f} "
-        f"GFLOP/s")
-    peak = peak_start["gflops"]
+    report["mfu_peak"] = args.mfu_peak
+    report["matmul_peak"]["backend_ops"] = backend_matmul(
+        args.peak_size, 5, args.peak_dtype, inner=10 if args.mfu_peak == "backend" else 1)
+    log(f"{backend} keras.ops.matmul {args.peak_dtype} "
+        f"{report['matmul_peak']['backend_ops']['gflops']:.1f} GFLOP/s")
+    report["device"] = device_name(backend)
+    peak = (report["matmul_peak"]["backend_ops"]["gflops"] if args.mfu_peak == "backend"
+            else peak_start["gflops"])
     report["matmul_peak"]["used_for_mfu_gflops"] = peak
 
     def save(preset, result=None):  # the report so far: a killed run keeps finished phases

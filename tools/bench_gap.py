@@ -1,0 +1,128 @@
+"""Backend gap: the same training step on every Keras backend, interleaved, with CPU time.
+
+Usage:
+
+    python tools/bench_gap.py --preset=digits_mlp --rounds=3 --out=bench_gap.json
+
+Configurations (each one a fresh subprocess per round; rounds alternate their order):
+`jax`, `tensorflow` (Keras' default on a CPU-only machine: tf.function graph, no XLA),
+`tensorflow+jit` (`compile(jit_compile=True)`: XLA), `torch` (eager, one intra-op thread; see
+docs/performance.md for two threads) and, with --torch_compile, `torch+jit`
+(`jit_compile=True`: torch.compile). Each process trains the preset through the library's real
+path (`build_teacher`, `make_optimizer` with the dataset's defaults, `fit` on a `BatchStream`),
+a warm-up epoch then --epochs timed epochs of --steps steps, and reports the median wall
+ms/step and the median CPU ms/step (process CPU seconds per step: on a shared machine the wall
+time also counts waiting for a core; the CPU time counts the work done, which is what the
+backends differ in). Ratios are to the fastest configuration, per round and as medians.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def worker(args):
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(1)
+    from keras_pd.data import BatchStream, load_dataset
+    from keras_pd.training import TrainConfig, build_teacher, make_optimizer
+
+    keras.utils.set_random_seed(0)
+    data = load_dataset("digits")
+    cfg = TrainConfig(dataset="digits", preset=args.preset, batch_size=args.batch).resolved()
+    model = build_teacher(cfg, data)
+    model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
+                                           ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip),
+                  jit_compile=True if args.jit else "auto")
+    wall, cpu = [], []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            keras.ops.convert_to_numpy(self.model.trainable_variables[-1])
+            wall.append(1000 * (time.perf_counter() - self.t0) / args.steps)
+            cpu.append(1000 * (time.process_time() - self.c0) / args.steps)
+
+    model.fit(BatchStream(data.x, None, args.batch, seed=0).generator(),
+              steps_per_epoch=args.steps, epochs=1 + args.epochs, verbose=0, callbacks=[Timer()])
+    return {"wall_ms": statistics.median(wall[1:]), "cpu_ms": statistics.median(cpu[1:]),
+            "wall_all": wall, "cpu_all": cpu, "jit_compile": bool(model.jit_compile),
+            "warmup_s": wall[0] * args.steps / 1000}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="digits_mlp")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--configs", default="jax,tensorflow,tensorflow+jit,torch")
+    p.add_argument("--timeout", type=int, default=1200)
+    p.add_argument("--out", default=None)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args)), flush=True)
+        return None
+    configs = [c for c in args.configs.split(",") if c]
+    report = {"preset": args.preset, "batch": args.batch, "loadavg_start": os.getloadavg(),
+              "runs": []}
+    start = time.perf_counter()
+    for r in range(args.rounds):
+        for config in (configs if r % 2 == 0 else configs[::-1]):
+            backend = config.split("+")[0]
+            argv_w = [sys.executable, os.path.abspath(__file__), "--worker",
+                      f"--preset={args.preset}", f"--batch={args.batch}",
+                      f"--steps={args.steps}", f"--epochs={args.epochs}"]
+            if config.endswith("+jit"):
+                argv_w.append("--jit")
+            env = dict(os.environ, KERAS_BACKEND=backend)
+            if backend == "torch":
+                env["OMP_NUM_THREADS"] = "1"
+            proc = subprocess.run(argv_w, env=env, capture_output=True, text=True,
+                                  timeout=args.timeout)
+            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            res = (json.loads(lines[-1][7:]) if lines and not proc.returncode
+                   else {"error": (proc.stderr or proc.stdout).strip().splitlines()[-3:]})
+            res.update(config=config, round=r, loadavg=os.getloadavg()[0])
+            report["runs"].append(res)
+            print(f"[{time.perf_counter() - start:5.0f}s] {json.dumps(res)}", flush=True)
+    summary = {}
+    for config in configs:
+        ok = [x for x in report["runs"] if x["config"] == config and "error" not in x]
+        if ok:
+            summary[config] = {k: statistics.median(x[k] for x in ok)
+                               for k in ("wall_ms", "cpu_ms")}
+    for key in ("wall_ms", "cpu_ms"):
+        best = min(v[key] for v in summary.values())
+        for v in summary.values():
+            v[key.replace("_ms", "_ratio")] = v[key] / best
+    for config, row in summary.items():
+        print(config, json.dumps({k: round(v, 2) for k, v in row.items()}))
+    report["summary"] = summary
+    report["loadavg_end"] = os.getloadavg()
+    if args.out:
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(args.out + ".tmp", args.out)
+    return report
+
+
+if __name__ == "__main__":
+    main()
