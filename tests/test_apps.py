@@ -68,13 +68,15 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     ckdir = os.path.join(workdir, "checkpoints")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(ckdir) and any(f.endswith(".json") and "00000040" <= f[5:13]
-                                        for f in os.listdir(ckdir)):
+        if os.path.isdir(ckdir) and any(f.startswith("ckpt-") and f.endswith(".json")
+                                        and "00000040" <= f[5:13] for f in os.listdir(ckdir)):
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = max(int(f[5:13]) for f in os.listdir(ckdir) if f.endswith(".json"))
+    # (a ".tmp-PID-ckpt-..." file is a checkpoint the kill interrupted: not a checkpoint)
+    killed_at = max(int(f[5:13]) for f in os.listdir(ckdir)
+                    if f.startswith("ckpt-") and f.endswith(".json"))
     assert 40 <= killed_at < 200, killed_at
     run_app("train", *flags)
     assert card(workdir)["steps_trained"] == 200

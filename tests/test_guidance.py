@@ -188,11 +188,11 @@ def test_guided_students_follow_the_requested_label_on_toy2d(tmp_path):
 
     teacher_dir = str(tmp_path / "teacher")
     train(TrainConfig(dataset="toy2d", class_conditional=True, label_dropout=0.1,
-                      train_steps=400, warmup_steps=50, batch_size=256, sampling_steps=8,
-                      checkpoint_every=200, sample_every=10**6), teacher_dir, verbose=0)
-    cfg = DistillConfig(end_steps=4, updates_per_round=100, guided=True, guided_updates=100,
+                      train_steps=800, warmup_steps=50, batch_size=256, sampling_steps=8,
+                      checkpoint_every=400, sample_every=10**6), teacher_dir, verbose=0)
+    cfg = DistillConfig(end_steps=4, updates_per_round=150, guided=True, guided_updates=150,
                         guidance_max=4.0, batch_size=256, learning_rate=1e-3,
-                        checkpoint_every=100)
+                        checkpoint_every=150)
     done = distill(teacher_dir, str(tmp_path), cfg, verbose=0)
     assert [steps for steps, _ in done] == [4]
     assert ckpt.read_card(str(tmp_path / "guided_0008"))["kind"] == "guided_student"
