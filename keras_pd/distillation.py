@@ -414,7 +414,7 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
         optimizer = make_optimizer(cfg.learning_rate, decay_steps=updates,
                                    grad_clip=cfg.grad_clip,
                                    skip_nonfinite=cfg.skip_nonfinite)
-        model.compile(optimizer=engine.optimizer(optimizer))
+        model.compile(optimizer=engine.optimizer(optimizer), jit_compile=engine.jit_compile())
         model.optimizer.build(model.trainable_variables)
         manager = ckpt.CheckpointManager(os.path.join(out_dir, "checkpoints"))
         card = {k: teacher_card[k] for k in ("dataset", "data_shape", "num_classes", "preset",

@@ -210,6 +210,19 @@ class Engine:
             return _clip_after_all_reduce(optimizer)
         return optimizer
 
+    def jit_compile(self):
+        """`compile(jit_compile=...)` for models trained under this engine.
+
+        TensorFlow on one device: True (XLA). Keras' "auto" turns XLA off for TensorFlow on
+        CPU-only machines, where the train step then runs as a tf.function graph, op by op;
+        XLA fuses it and cut the digits_mlp step's CPU time by about 40% here
+        (docs/performance.md, "Backend gap"). Under a tf.distribute strategy, on JAX (jitted
+        anyway) and on torch (torch.compile was slower than eager here), Keras' "auto" stays.
+        """
+        if keras.backend.backend() == "tensorflow" and self.strategy is None:
+            return True
+        return "auto"
+
     def input(self, stream):
         """What to pass to `fit` for a `data.BatchStream` of global batches.
 

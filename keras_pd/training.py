@@ -309,7 +309,7 @@ def train(config, workdir, verbose=1):
                                    weight_decay=cfg.weight_decay,
                                    grad_clip=cfg.grad_clip,
                                    skip_nonfinite=cfg.skip_nonfinite)
-        model.compile(optimizer=engine.optimizer(optimizer))
+        model.compile(optimizer=engine.optimizer(optimizer), jit_compile=engine.jit_compile())
         model.optimizer.build(model.trainable_variables)
         state = manager.restore(model)
         start = 0

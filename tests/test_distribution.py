@@ -107,6 +107,14 @@ def test_global_batch_must_split_over_replicas():
     assert engine.check_batch_size(8) == 8
 
 
+def test_one_device_tensorflow_compiles_with_xla_others_keep_keras_default():
+    engine = distribute.Engine("none")
+    expected = True if keras.backend.backend() == "tensorflow" else "auto"
+    assert engine.jit_compile() == expected
+    engine.strategy = object()  # under a tf.distribute strategy Keras' "auto" stays
+    assert engine.jit_compile() == "auto"
+
+
 def _perturbed_teacher(policy):
     from keras_pd.data import load_dataset
     from keras_pd.training import TrainConfig, build_teacher
