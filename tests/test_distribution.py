@@ -65,8 +65,8 @@ def test_step_equals_single_device(engine_run, part):
 def test_distributed_run_resumes(engine_run):
     res = engine_run["resume"]
     assert res["steps_trained"] == 4
-    # Resumed under the engine == the same checkpoint resumed on one device.
-    assert _rel(res["resumed"], res["straight"]) <= 1e-5
+    # Interrupted and resumed under the engine == uninterrupted under the engine.
+    assert _rel(res["resumed"], res["straight"]) <= 1e-6
 
 
 def test_engines_need_their_backend():
