@@ -86,6 +86,21 @@ def copy_model(model, dropout=None, dtype_policy=None):
     return copy
 
 
+def training_batch(student, x, training):
+    """A distillation batch as float32, checked against the student, flipped when it flips;
+    with the global batch's row count (tf.distribute replicas draw for the global batch and
+    keep their rows, as in DiffusionModel.compute_loss).
+
+    Returns:
+        (x, rows).
+    """
+    x = ops.convert_to_tensor(x, "float32")
+    student.check_input(x, "the training batch")
+    if student.augment is not None and training:
+        x = student.flip_batch(x)
+    return x, ops.shape(x)[0] * distribute.replicas_in_step()
+
+
 def guided_student(teacher, dtype_policy=None):
     """A student taking the guidance weight w as input, initialised from a class-conditional
     teacher: the teacher's weights, plus a zero-initialised w embedding (so it starts as the
@@ -149,11 +164,7 @@ class GuidanceDistillationModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Weighted error between the student's x_hat(z_t, c, w) and the guided teacher's."""
-        x = ops.convert_to_tensor(x, "float32")
-        self.student.check_input(x, "the training batch")
-        if self.student.augment is not None and training:
-            x = self.student.flip_batch(x)
-        rows = ops.shape(x)[0] * distribute.replicas_in_step()
+        x, rows = training_batch(self.student, x, training)
         t = distribute.replica_rows(keras.random.uniform((rows,), seed=self.seed_generator))
         eps = distribute.replica_rows(
             keras.random.normal((rows,) + self.student.data_shape, seed=self.seed_generator))
@@ -231,12 +242,7 @@ class DistillationModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Algorithm 2's loss for a batch x (labels y for class-conditional models)."""
-        x = ops.convert_to_tensor(x, "float32")
-        self.student.check_input(x, "the training batch")
-        if self.student.augment is not None and training:
-            x = self.student.flip_batch(x)
-        # Global-batch draws, each tf.distribute replica keeping its rows (as in DiffusionModel).
-        rows = ops.shape(x)[0] * distribute.replicas_in_step()
+        x, rows = training_batch(self.student, x, training)
         n = self.student_steps
         i = distribute.replica_rows(keras.random.randint((rows,), 1, n + 1,
                                                          seed=self.seed_generator))
