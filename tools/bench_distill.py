@@ -38,9 +38,10 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+from bench_common import run_worker
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,12 +165,8 @@ def run_worker(backend, argv, timeout):
                else os.environ.get("OMP_NUM_THREADS", ""))
     if not env["OMP_NUM_THREADS"]:
         del env["OMP_NUM_THREADS"]
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker"] + argv,
-                          env=env, capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-3:]}
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_worker([sys.executable, os.path.abspath(__file__), "--worker"] + argv, env,
+                      timeout)
 
 
 def parse_args(argv=None):

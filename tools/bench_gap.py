@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from bench_common import write_report
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -117,10 +119,7 @@ def main(argv=None):
         print(config, json.dumps({k: round(v, 2) for k, v in row.items()}))
     report["summary"] = summary
     report["loadavg_end"] = os.getloadavg()
-    if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+    write_report(args.out, report)
     return report
 
 

@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+from bench_common import run_worker, write_report
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -180,11 +182,7 @@ def run(config, args):
     if kind == "count":
         argv[2] = "--worker=keras"
         argv.append("--count_only")
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=args.timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-3:]}
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_worker(argv, env, args.timeout)
 
 
 def main(argv=None):
@@ -240,10 +238,7 @@ def main(argv=None):
         print(config, json.dumps(row))
     report["summary"] = summary
     report["loadavg_end"] = os.getloadavg()
-    if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+    write_report(args.out, report)
     return report
 
 

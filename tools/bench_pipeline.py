@@ -30,6 +30,8 @@ import statistics
 import sys
 import time
 
+from bench_common import write_report
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -163,10 +165,7 @@ def main(argv=None):
         print(f"{r['loader']:14s} {r['batch']:5d} {r['stream_batches_per_s']:10.0f} "
               f"{r['adapter_batches_per_s']:11.0f} {r['step_ms_at_batch']:9.1f} "
               f"{r['margin']:7.0f}x")
-    if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+    write_report(args.out, report)
     return report
 
 

@@ -21,12 +21,13 @@ rounds are reported. Each timing repeats the call until it lasts >= --min_time s
 """
 
 import argparse
-import json
 import math
 import os
 import statistics
 import sys
 import time
+
+from bench_common import write_report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -142,10 +143,7 @@ def main(argv=None):
               "sampler_over_n_one_step"):
         if k in report:
             print(f"{backend:10s} {k}: {report[k]:.3f}")
-    if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+    write_report(args.out, report)
     return report
 
 
