@@ -48,7 +48,7 @@ class DiffusionModel(keras.Model):
             of the example's: > 0 makes the model usable with classifier-free guidance.
 
     A network built with `guidance=True` takes the guidance weight w as an input (a guided
-    student, `distillation.guided_student`); `denoise(..., guidance=w)` then calls it once.
+    student, `guided_distillation.guided_student`); `denoise(..., guidance=w)` then calls it once.
     Otherwise `guidance=w` on a class-conditional model runs classifier-free guidance: the
     network on the labels and on the null label, combined by `guidance.guided_prediction`.
     """
@@ -183,13 +183,7 @@ class DiffusionModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The continuous-time denoising loss (REFERENCE 3, 6) for a batch x (labels y)."""
-        x = ops.convert_to_tensor(x, "float32")
-        self.check_input(x, "the training batch")
-        if self.augment is not None and training:
-            x = self.flip_batch(x)
-        # Draws for the global batch: under tf.distribute each replica keeps its rows, so the
-        # step equals the one-device step (the same t and eps for every example).
-        rows = ops.shape(x)[0] * distribute.replicas_in_step()
+        x, rows = self.training_batch(x, training)
         t = distribute.replica_rows(keras.random.uniform((rows,), seed=self.seed_generator))
         eps = distribute.replica_rows(
             keras.random.normal((rows,) + self.data_shape, seed=self.seed_generator))
@@ -204,6 +198,21 @@ class DiffusionModel(keras.Model):
         if self.losses:
             loss = loss + ops.sum(self.losses)
         return distribute.scale_loss(loss)
+
+    def training_batch(self, x, training):
+        """A training batch as float32, checked, flipped when the model flips; with the row
+        count of the global batch. Every training draw (t, eps, flips, labels dropped, and the
+        distillation draws) is made for the global batch: under tf.distribute each replica keeps
+        its rows, so the step equals the one-device step.
+
+        Returns:
+            (x, rows).
+        """
+        x = ops.convert_to_tensor(x, "float32")
+        self.check_input(x, "the training batch")
+        if self.augment is not None and training:
+            x = self.flip_batch(x)
+        return x, ops.shape(x)[0] * distribute.replicas_in_step()
 
     def flip_batch(self, x):
         """Random horizontal flips of a training batch (global-batch draws, like t and eps)."""

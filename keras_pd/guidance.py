@@ -8,7 +8,7 @@ sees a null label (label dropout), and samples with
 (the same combination of eps_hat, since eps_hat is affine in x_hat for a fixed z_t). w = 0 is
 the conditional model; larger w trades diversity for fidelity to the label. Guided distillation
 (Meng et al., "On Distillation of Guided Diffusion Models", CVPR 2023) first trains a student
-that takes w as an input to match x_hat_w in one network call (`distillation.
+that takes w as an input to match x_hat_w in one network call (`guided_distillation.
 GuidanceDistillationModel`), then distils that student progressively with w passed through.
 """
 

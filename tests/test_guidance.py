@@ -7,11 +7,8 @@ import pytest
 
 from keras_pd import guidance
 from keras_pd.diffusion import DiffusionModel
-from keras_pd.distillation import (
-    DistillationModel,
-    GuidanceDistillationModel,
-    guided_student,
-)
+from keras_pd.distillation import DistillationModel
+from keras_pd.guided_distillation import GuidanceDistillationModel, guided_student
 from keras_pd.networks import MLPDenoiser
 from keras_pd.networks.layers import class_one_hot
 from keras_pd.parameterization import Prediction
