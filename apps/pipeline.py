@@ -12,6 +12,8 @@ from keras_pd.pipeline import QUICK, PipelineConfig, run_pipeline
 _D = PipelineConfig()
 flags.DEFINE_string("dataset", _D.dataset, "digits, mnist5k, toy2d or tfds:NAME[:SPLIT].")
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/DATASET).")
+flags.DEFINE_string("preset", None, "Teacher network preset (default: the dataset's; see "
+                    "keras_pd/networks/presets.py).")
 flags.DEFINE_integer("seed", _D.seed, "Seed of every stage.")
 flags.DEFINE_integer("train_steps", None, "Teacher updates (default: the dataset's).")
 flags.DEFINE_integer("teacher_steps", None, "Teacher's DDIM steps (default: the dataset's).")

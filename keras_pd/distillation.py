@@ -9,7 +9,6 @@ stage two is this cascade with w drawn per example and passed to teacher and stu
 """
 
 import dataclasses
-import math
 import os
 import time
 
@@ -25,7 +24,7 @@ from keras_pd.guided_distillation import GuidanceDistillationModel, guided_stude
 from keras_pd.parameterization import prediction_from_x
 from keras_pd.samplers import ddim_step
 from keras_pd.schedules import alpha_sigma, check_steps, expand_to
-from keras_pd.training import RunCallback, make_optimizer, sample_grid
+from keras_pd.training import RunCallback, fit_steps, make_optimizer, sample_grid
 from keras_pd.weighting import check_weighting, weighted_loss
 
 
@@ -347,11 +346,8 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
             y = dataset.y if student.num_classes else None
             stream = BatchStream(dataset.x, y, cfg.batch_size, seed=cfg.seed + 1000 * round_index,
                                  start_step=start)
-            initial_epoch = start // cfg.checkpoint_every
-            epochs = initial_epoch + math.ceil((updates - start) / cfg.checkpoint_every)
-            model.fit(engine.input(stream), steps_per_epoch=cfg.checkpoint_every, epochs=epochs,
-                      initial_epoch=initial_epoch, verbose=verbose, shuffle=False,
-                      callbacks=[run_cb])
+            fit_steps(model, engine.input(stream), start, updates, cfg.checkpoint_every,
+                      [run_cb], verbose)
             card = run_cb.card
         card["complete"] = True
         return ckpt.save_model(out_dir, student, card)

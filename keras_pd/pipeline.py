@@ -21,6 +21,7 @@ class PipelineConfig:
 
     Attributes:
         dataset: training data.
+        preset: the teacher's network preset (None: the dataset's default).
         seed: seed of every stage.
         train_steps: teacher updates.
         teacher_steps: DDIM steps the teacher is meant for (the cascade's start).
@@ -40,6 +41,7 @@ class PipelineConfig:
     """
 
     dataset: str = "digits"
+    preset: str | None = None
     seed: int = 0
     train_steps: int | None = None
     teacher_steps: int | None = None
@@ -85,7 +87,8 @@ def _run_pipeline(workdir, cfg, verbose):
         return out
 
     teacher_dir = os.path.join(workdir, "teacher")
-    train_cfg = TrainConfig(dataset=cfg.dataset, seed=cfg.seed, train_steps=cfg.train_steps,
+    train_cfg = TrainConfig(dataset=cfg.dataset, preset=cfg.preset, seed=cfg.seed,
+                            train_steps=cfg.train_steps,
                             sampling_steps=cfg.teacher_steps, batch_size=cfg.batch_size,
                             checkpoint_every=cfg.checkpoint_every,
                             sample_every=10 * cfg.checkpoint_every,

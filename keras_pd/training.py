@@ -21,6 +21,7 @@ from keras_pd.data import BatchStream, check_dataset_name, load_dataset
 from keras_pd.images import save_grid_png
 from keras_pd.diffusion import DiffusionModel
 from keras_pd.nonfinite import skip_nonfinite_updates
+from keras_pd.torch_optimizer import fuse_for_torch
 from keras_pd.networks import make_network
 from keras_pd.networks.presets import get_preset
 from keras_pd.parameterization import check_parameterization, output_channels
@@ -131,7 +132,8 @@ def make_optimizer(learning_rate, warmup_steps=0, decay_steps=None, ema_decay=0.
 
     Teachers: warmup then constant (REFERENCE 6). Distillation: no warmup, linear decay over the
     round, no EMA (REFERENCE 5). `skip_nonfinite`: updates whose gradients hold NaN or Inf
-    change nothing (`keras_pd.nonfinite`).
+    change nothing (`keras_pd.nonfinite`). On PyTorch the EMA and clipping run as fused
+    `_foreach` calls (`keras_pd.torch_optimizer`).
     """
     if decay_steps:
         schedule = keras.optimizers.schedules.PolynomialDecay(
@@ -147,6 +149,7 @@ def make_optimizer(learning_rate, warmup_steps=0, decay_steps=None, ema_decay=0.
     optimizer = cls(learning_rate=schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                     global_clipnorm=grad_clip or None, use_ema=ema_decay > 0,
                     ema_momentum=ema_decay or 0.99, **kwargs)
+    optimizer = fuse_for_torch(optimizer)
     return skip_nonfinite_updates(optimizer) if skip_nonfinite else optimizer
 
 
@@ -198,9 +201,12 @@ class RunCallback(keras.callbacks.Callback):
         if (not self.skip_nonfinite and logs and "loss" in logs
                 and not math.isfinite(float(logs["loss"]))):
             self.model.stop_training = True
+            step, group = self._step(self._epoch, batch), self.model.steps_per_execution
+            where = (f"at step {step}" if group == 1 else
+                     f"at one of steps {step - group + 1}-{step} (run as one compiled call)")
             raise FloatingPointError(
-                f"loss is {logs['loss']} at step {self._step(self._epoch, batch)}; the last "
-                f"good checkpoint is kept. Lower --learning_rate or check the data.")
+                f"loss is {logs['loss']} {where}; the last good checkpoint is kept. Lower "
+                f"--learning_rate or check the data.")
         if self._step(self._epoch, batch) >= self.total_steps:
             self.model.stop_training = True
 
@@ -229,6 +235,38 @@ class RunCallback(keras.callbacks.Callback):
             with ckpt.ema_weights(self.model):
                 self.sample_fn(artifact, os.path.join(self.workdir, "samples",
                                                       f"step_{step:08d}.png"))
+
+
+#: Most updates run per call into the compiled train function (Keras' `steps_per_execution`).
+MAX_STEPS_PER_EXECUTION = 10
+
+
+def steps_per_execution(start, total, checkpoint_every, limit=MAX_STEPS_PER_EXECUTION):
+    """Updates per call into the compiled train function for a run from `start` to `total`.
+
+    Keras then returns to Python (callbacks, logs, the next batches) once per group of updates
+    instead of after every one: on digits_mlp that is 14-18% of a JAX or TensorFlow step
+    (docs/performance.md). The group size is the largest divisor <= `limit` of every span the
+    run is cut into (the checkpoint interval, the updates done and left), so no call runs past
+    a checkpoint or the end. PyTorch runs eagerly, one update per call (Keras requires 1).
+    """
+    if keras.backend.backend() == "torch":
+        return 1
+    span = math.gcd(math.gcd(checkpoint_every, total - start), start)
+    return max(d for d in range(1, limit + 1) if span % d == 0)
+
+
+def fit_steps(model, data, start, total, checkpoint_every, callbacks, verbose):
+    """`model.fit` from update `start` to `total`, one epoch per checkpoint interval.
+
+    The one place a run is handed to Keras: the epoch arithmetic that makes a resumed run
+    continue where its checkpoint stopped, and the updates per compiled call.
+    """
+    model.steps_per_execution = steps_per_execution(start, total, checkpoint_every)
+    initial_epoch = start // checkpoint_every
+    epochs = initial_epoch + math.ceil((total - start) / checkpoint_every)
+    model.fit(data, steps_per_epoch=checkpoint_every, epochs=epochs,
+              initial_epoch=initial_epoch, verbose=verbose, shuffle=False, callbacks=callbacks)
 
 
 def sample_grid(model, path, num_steps, seed=0, num=64):
@@ -330,10 +368,7 @@ def train(config, workdir, verbose=1):
             skip_nonfinite=cfg.skip_nonfinite)
         y = dataset.y if cfg.class_conditional else None
         stream = BatchStream(dataset.x, y, cfg.batch_size, seed=cfg.seed, start_step=start)
-        initial_epoch = start // cfg.checkpoint_every
-        epochs = initial_epoch + math.ceil((cfg.train_steps - start) / cfg.checkpoint_every)
-        model.fit(engine.input(stream), steps_per_epoch=cfg.checkpoint_every, epochs=epochs,
-                  initial_epoch=initial_epoch, verbose=verbose, shuffle=False,
-                  callbacks=[run_cb] + _log_callbacks(workdir))
+        fit_steps(model, engine.input(stream), start, cfg.train_steps, cfg.checkpoint_every,
+                  [run_cb] + _log_callbacks(workdir), verbose)
     return model
 

@@ -221,6 +221,8 @@ def test_small_presets_build_and_run():
     toy = make_network("toy2d", (2,), 2)
     assert tuple(toy(z[:, 0, :2, 0], t).shape) == (B, 2)
     assert isinstance(make_network("mnist", (28, 28, 1), 1, build=False), UNet)
+    small = make_network("mnist_small", (28, 28, 1), 1)
+    assert 0.3e6 < small.count_params() < 0.4e6
 
 
 def test_preset_errors():

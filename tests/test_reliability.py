@@ -89,7 +89,10 @@ def test_nan_loss_stops_run_naming_step_and_keeps_last_good_checkpoint(tmp_path,
     workdir = str(tmp_path / "run")
     data = _toy2d_with_nan(15, TINY["batch_size"], TINY["seed"])
     monkeypatch.setattr("keras_pd.training.load_dataset", lambda *a, **k: data)
-    with pytest.raises(FloatingPointError, match=r"at step 15\b"):
+    # JAX and TensorFlow run 10 updates per compiled call here (training.steps_per_execution):
+    # the message names the group holding step 15; PyTorch runs one and names the step.
+    where = r"at step 15\b" if BACKEND == "torch" else r"at one of steps 11-20\b"
+    with pytest.raises(FloatingPointError, match=where):
         train(TrainConfig(**TINY), workdir, verbose=0)
     manager = ckpt.CheckpointManager(os.path.join(workdir, "checkpoints"))
     assert manager.steps() == [10]

@@ -6,9 +6,10 @@ Usage:
 
 Configurations (each one a fresh subprocess per round; rounds alternate their order):
 `jax`, `tensorflow` (Keras' default on a CPU-only machine: tf.function graph, no XLA),
-`tensorflow+jit` (`compile(jit_compile=True)`: XLA), `torch` (eager, one intra-op thread; see
-docs/performance.md for two threads) and, with --torch_compile, `torch+jit`
-(`jit_compile=True`: torch.compile). Each process trains the preset through the library's real
+`tensorflow+jit` (`compile(jit_compile=True)`: XLA), `torch` (eager, one intra-op thread),
+`torch+2t` (two threads), `BACKEND+speK` (K updates per compiled call; without it, what
+`training.fit_steps` picks: 10 here on JAX and TensorFlow, 1 on torch), `torch+unfused` (Keras' own per-variable EMA and clipping instead of
+keras_pd.torch_optimizer's fused ones) and `torch+jit` (`jit_compile=True`: torch.compile). Each process trains the preset through the library's real
 path (`build_teacher`, `make_optimizer` with the dataset's defaults, `fit` on a `BatchStream`),
 a warm-up epoch then --epochs timed epochs of --steps steps, and reports the median wall
 ms/step and the median CPU ms/step (process CPU seconds per step: on a shared machine the wall
@@ -37,9 +38,10 @@ def worker(args):
     if backend == "torch":
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(args.threads)
     from keras_pd.data import BatchStream, load_dataset
-    from keras_pd.training import TrainConfig, build_teacher, make_optimizer
+    from keras_pd.training import (TrainConfig, build_teacher, make_optimizer,
+                                   steps_per_execution)
 
     keras.utils.set_random_seed(0)
     data = load_dataset("digits")
@@ -48,6 +50,11 @@ def worker(args):
     model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
                                            ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip),
                   jit_compile=True if args.jit else "auto")
+    # What training.fit_steps does (--spe=0), or a given number of updates per compiled call.
+    model.steps_per_execution = args.spe or steps_per_execution(
+        0, args.steps * (1 + args.epochs), args.steps)
+    if args.unfused:  # back to Keras' own optimizer class (FusedTorchMixin is the first base)
+        model.optimizer.__class__ = type(model.optimizer).__bases__[1]
     wall, cpu = [], []
 
     class Timer(keras.callbacks.Callback):
@@ -78,6 +85,9 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--unfused", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--spe", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print("RESULT " + json.dumps(worker(args)), flush=True)
@@ -88,15 +98,17 @@ def main(argv=None):
     start = time.perf_counter()
     for r in range(args.rounds):
         for config in (configs if r % 2 == 0 else configs[::-1]):
-            backend = config.split("+")[0]
+            backend, *mods = config.split("+")
             argv_w = [sys.executable, os.path.abspath(__file__), "--worker",
                       f"--preset={args.preset}", f"--batch={args.batch}",
                       f"--steps={args.steps}", f"--epochs={args.epochs}"]
-            if config.endswith("+jit"):
-                argv_w.append("--jit")
+            argv_w += [f"--{m}" for m in mods if m in ("jit", "unfused")]
+            threads = 2 if "2t" in mods else 1
+            argv_w += [f"--spe={m[3:]}" for m in mods if m.startswith("spe")]
+            argv_w.append(f"--threads={threads}")
             env = dict(os.environ, KERAS_BACKEND=backend)
             if backend == "torch":
-                env["OMP_NUM_THREADS"] = "1"
+                env["OMP_NUM_THREADS"] = str(threads)
             proc = subprocess.run(argv_w, env=env, capture_output=True, text=True,
                                   timeout=args.timeout)
             lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
