@@ -346,8 +346,8 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
             y = dataset.y if student.num_classes else None
             stream = BatchStream(dataset.x, y, cfg.batch_size, seed=cfg.seed + 1000 * round_index,
                                  start_step=start)
-            fit_steps(model, engine.input(stream), start, updates, cfg.checkpoint_every,
-                      [run_cb], verbose)
+            fit_steps(model, engine, stream, start, updates, cfg.checkpoint_every, [run_cb],
+                      verbose)
             card = run_cb.card
         card["complete"] = True
         return ckpt.save_model(out_dir, student, card)

@@ -223,6 +223,21 @@ class Engine:
             return True
         return "auto"
 
+    def steps_per_execution_limit(self):
+        """Most updates per compiled call for models trained under this engine.
+
+        One device on JAX or TensorFlow: `training.MAX_STEPS_PER_EXECUTION`. Under a
+        tf.distribute strategy Keras 3.15's multi-step function fails (MirroredStrategy,
+        tests/test_distribution.py), and a keras.distribution mesh is left at Keras' default
+        too: 1 there, as on torch, where Keras requires 1.
+        """
+        from keras_pd.training import MAX_STEPS_PER_EXECUTION
+
+        if (keras.backend.backend() == "torch" or self.strategy is not None
+                or self.distribution is not None):
+            return 1
+        return MAX_STEPS_PER_EXECUTION
+
     def input(self, stream):
         """What to pass to `fit` for a `data.BatchStream` of global batches.
 

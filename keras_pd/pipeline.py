@@ -69,8 +69,19 @@ def run_pipeline(workdir, config=None, verbose=1):
     Writes workdir/teacher, workdir/student_NNNN, results.{md,json,png}, grids/ and report.md.
     A second pipeline on the same workdir is refused (a lock) while this one runs.
     """
+    config = config or PipelineConfig()
+    _train_config(config).resolved()  # a bad dataset or preset fails before the workdir exists
     with ckpt.workdir_lock(workdir):
-        return _run_pipeline(workdir, config or PipelineConfig(), verbose)
+        return _run_pipeline(workdir, config, verbose)
+
+
+def _train_config(cfg):
+    """The teacher's TrainConfig for a PipelineConfig."""
+    return TrainConfig(dataset=cfg.dataset, preset=cfg.preset, seed=cfg.seed,
+                       train_steps=cfg.train_steps, sampling_steps=cfg.teacher_steps,
+                       batch_size=cfg.batch_size, checkpoint_every=cfg.checkpoint_every,
+                       sample_every=10 * cfg.checkpoint_every, class_conditional=cfg.guided,
+                       label_dropout=cfg.label_dropout if cfg.guided else 0.0)
 
 
 def _run_pipeline(workdir, cfg, verbose):
@@ -87,13 +98,7 @@ def _run_pipeline(workdir, cfg, verbose):
         return out
 
     teacher_dir = os.path.join(workdir, "teacher")
-    train_cfg = TrainConfig(dataset=cfg.dataset, preset=cfg.preset, seed=cfg.seed,
-                            train_steps=cfg.train_steps,
-                            sampling_steps=cfg.teacher_steps, batch_size=cfg.batch_size,
-                            checkpoint_every=cfg.checkpoint_every,
-                            sample_every=10 * cfg.checkpoint_every,
-                            class_conditional=cfg.guided,
-                            label_dropout=cfg.label_dropout if cfg.guided else 0.0)
+    train_cfg = _train_config(cfg)
     stage("train teacher", lambda: train(train_cfg, teacher_dir, verbose=2 if verbose else 0))
     distill_cfg = DistillConfig(end_steps=cfg.end_steps, updates_per_round=cfg.updates_per_round,
                                 final_rounds_factor=cfg.final_rounds_factor,

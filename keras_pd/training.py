@@ -245,8 +245,8 @@ def steps_per_execution(start, total, checkpoint_every, limit=MAX_STEPS_PER_EXEC
     """Updates per call into the compiled train function for a run from `start` to `total`.
 
     Keras then returns to Python (callbacks, logs, the next batches) once per group of updates
-    instead of after every one: on digits_mlp that is 14-18% of a JAX or TensorFlow step
-    (docs/performance.md). The group size is the largest divisor <= `limit` of every span the
+    instead of after every one: on digits_mlp that took 16% off the TensorFlow step (JAX:
+    within noise; docs/performance.md). The group size is the largest divisor <= `limit` of every span the
     run is cut into (the checkpoint interval, the updates done and left), so no call runs past
     a checkpoint or the end. PyTorch runs eagerly, one update per call (Keras requires 1).
     """
@@ -256,16 +256,17 @@ def steps_per_execution(start, total, checkpoint_every, limit=MAX_STEPS_PER_EXEC
     return max(d for d in range(1, limit + 1) if span % d == 0)
 
 
-def fit_steps(model, data, start, total, checkpoint_every, callbacks, verbose):
-    """`model.fit` from update `start` to `total`, one epoch per checkpoint interval.
+def fit_steps(model, engine, stream, start, total, checkpoint_every, callbacks, verbose):
+    """`model.fit` on `stream` from update `start` to `total`, one epoch per checkpoint interval.
 
-    The one place a run is handed to Keras: the epoch arithmetic that makes a resumed run
-    continue where its checkpoint stopped, and the updates per compiled call.
+    The one place a run is handed to Keras: the engine's input, the epoch arithmetic that makes
+    a resumed run continue where its checkpoint stopped, and the updates per compiled call.
     """
-    model.steps_per_execution = steps_per_execution(start, total, checkpoint_every)
+    model.steps_per_execution = steps_per_execution(start, total, checkpoint_every,
+                                                    engine.steps_per_execution_limit())
     initial_epoch = start // checkpoint_every
     epochs = initial_epoch + math.ceil((total - start) / checkpoint_every)
-    model.fit(data, steps_per_epoch=checkpoint_every, epochs=epochs,
+    model.fit(engine.input(stream), steps_per_epoch=checkpoint_every, epochs=epochs,
               initial_epoch=initial_epoch, verbose=verbose, shuffle=False, callbacks=callbacks)
 
 
@@ -368,7 +369,7 @@ def train(config, workdir, verbose=1):
             skip_nonfinite=cfg.skip_nonfinite)
         y = dataset.y if cfg.class_conditional else None
         stream = BatchStream(dataset.x, y, cfg.batch_size, seed=cfg.seed, start_step=start)
-        fit_steps(model, engine.input(stream), start, cfg.train_steps, cfg.checkpoint_every,
+        fit_steps(model, engine, stream, start, cfg.train_steps, cfg.checkpoint_every,
                   [run_cb] + _log_callbacks(workdir), verbose)
     return model
 

@@ -352,6 +352,8 @@ APP_ROWS = [
      "end_steps must be a power of two, got 3"),
     ("distill-other-dataset", "distill", ["--teacher={teacher}", "--dataset=digits"], None,
      "teacher was trained on data of shape [2]"),
+    ("pipeline-unknown-preset", "pipeline", ["--preset=no_such_net", "--workdir={tmp}/p"], None,
+     "no_such_net"),
     ("unknown-backend", "train", [], {"KERAS_BACKEND": "mxnet"}, "unknown KERAS_BACKEND 'mxnet'"),
     ("export-litert-needs-tflite", "export", ["--checkpoint={teacher}", "--format=litert",
                                               "--output={tmp}/out/model.bin"], None,
