@@ -20,7 +20,8 @@ from keras_pd import distribute
 from keras_pd.data import BatchStream, load_dataset
 from keras_pd.diffusion import DiffusionModel
 from keras_pd.guidance import check_guidance_range, sample_guidance
-from keras_pd.guided_distillation import GuidanceDistillationModel, guided_student
+from keras_pd.guided_distillation import (GuidanceDistillationModel, guided_student,
+                                          teacher_student_from_config)
 from keras_pd.parameterization import prediction_from_x
 from keras_pd.samplers import ddim_step
 from keras_pd.schedules import alpha_sigma, check_steps, expand_to
@@ -170,10 +171,7 @@ class DistillationModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("teacher", "student"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        return teacher_student_from_config(cls, config)
 
 
 @dataclasses.dataclass

@@ -43,6 +43,15 @@ def guided_student(teacher, dtype_policy=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_pd")
+def teacher_student_from_config(cls, config):
+    """`cls(**config)` with its serialized `teacher` and `student` models deserialized (the
+    `from_config` of both distillation models)."""
+    config = dict(config)
+    for key in ("teacher", "student"):
+        config[key] = keras.saving.deserialize_keras_object(config[key])
+    return cls(**config)
+
+
 class GuidanceDistillationModel(keras.Model):
     """Guided distillation, stage one (Meng et al., CVPR 2023): one call instead of two.
 
@@ -101,7 +110,4 @@ class GuidanceDistillationModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("teacher", "student"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        return teacher_student_from_config(cls, config)
