@@ -242,16 +242,24 @@ class DiffusionModel(keras.Model):
         Returns:
             numpy samples, the shape of `noise`.
         """
-        from keras_pd.samplers import Sampler
+        from keras_pd.samplers import Sampler, check_sampler
 
         num_steps = check_steps(num_steps)
+        check_sampler(sampler)
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
         noise = ops.convert_to_tensor(noise, "float32")
         self.check_input(noise, "noise")
-        key = (num_steps, sampler, float(gamma), bool(clip), seed, guidance is not None)
+        batch = ops.shape(noise)[0]
+        # One compiled sampler per (sampler, clip, guided) serves every N and g; the ancestral
+        # noise stream is kept per (N, g, seed), as if each had a sampler of its own.
+        key = (sampler, bool(clip), guidance is not None)
         cache = self.__dict__.setdefault("_samplers", {})
         if key not in cache:
-            cache[key] = Sampler(self, num_steps, sampler, gamma, clip, seed)
-        inputs = {"noise": noise}
+            cache[key] = Sampler(self, None, sampler, clip=clip)
+        model = cache[key]
+        inputs = {"noise": noise, "steps": ops.full((batch,), num_steps, "int32"),
+                  "gamma": ops.full((batch,), float(gamma), "float32")}
         if self.num_classes:
             if labels is None:
                 raise ValueError("labels are required: this model is class-conditional")
@@ -262,8 +270,17 @@ class DiffusionModel(keras.Model):
                                  "label_dropout > 0, or a guided student")
             inputs["guidance"] = ops.broadcast_to(
                 ops.reshape(ops.convert_to_tensor(guidance, "float32"), (-1,)),
-                (ops.shape(noise)[0],))
-        return ops.convert_to_numpy(cache[key].predict_on_batch(inputs))
+                (batch,))
+        if model.seed_generator is None:
+            return ops.convert_to_numpy(model.predict_on_batch(inputs))
+        states = self.__dict__.setdefault("_seed_states", {})
+        stream = (num_steps, float(gamma), seed)
+        if stream not in states:
+            states[stream] = ops.convert_to_numpy(keras.random.SeedGenerator(seed).state.value)
+        model.seed_generator.state.assign(states[stream])
+        out = ops.convert_to_numpy(model.predict_on_batch(inputs))
+        states[stream] = ops.convert_to_numpy(model.seed_generator.state.value)
+        return out
 
     def get_config(self):
         config = super().get_config()

@@ -15,6 +15,7 @@ Each cell is cached in results.json as soon as it is scored, so a killed evaluat
 """
 
 import os
+import shutil
 
 import numpy as np
 
@@ -164,6 +165,11 @@ def evaluate(workdir, teacher_dir=None, num_samples=1000, seed=0, gammas=GAMMAS,
         if steps in students:
             student, _ = ckpt.load_model(students[steps])
             score(f"distilled_{steps}", lambda: _sample(student, noise, steps, labels))
+        if steps == full and f"ddim_{steps}" not in cells:  # the same samples as teacher_full
+            cells[f"ddim_{steps}"] = cells[f"teacher_full_{full}"]
+            grid = os.path.join(grids, f"teacher_full_{full}.png")
+            if os.path.exists(grid):
+                shutil.copyfile(grid, os.path.join(grids, f"ddim_{steps}.png"))
         score(f"ddim_{steps}", lambda: _sample(teacher, noise, steps, labels))
         for g in gammas:
             score(f"ancestral_{steps}_g{g:g}",

@@ -83,6 +83,32 @@ def test_bad_arguments_name_the_argument():
         model.sample(np.zeros((4, 2), "float32"), 4, sampler="heun")
 
 
+def test_one_compiled_sampler_serves_every_step_count_and_gamma():
+    """`sample` (N and g as inputs) equals a fixed-N `Sampler`, per step count and g, and keeps
+    each (N, g, seed)'s ancestral noise stream its own whatever runs in between."""
+    from keras_pd.samplers import Sampler
+
+    keras.utils.set_random_seed(0)
+    model = DiffusionModel(MLPDenoiser(2, width=16, num_blocks=1), (2,))
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((8, 2)).astype("float32")
+    model.sample(noise, 1)  # builds the network; then weights that make x_hat depend on z
+    for w in model.network.weights:
+        w.assign(0.3 * rng.standard_normal(w.shape).astype("float32"))
+    for n in (1, 2, 5):
+        fixed = Sampler(model, n, "ddim").predict_on_batch(noise)
+        np.testing.assert_allclose(model.sample(noise, n), fixed, atol=1e-5)
+    fixed = Sampler(model, 4, "ancestral", gamma=0.5, seed=3)
+    first, second = fixed.predict_on_batch(noise), fixed.predict_on_batch(noise)
+    a = model.sample(noise, 4, sampler="ancestral", gamma=0.5, seed=3)
+    model.sample(noise, 3, sampler="ancestral", gamma=1.0, seed=3)  # another stream between
+    b = model.sample(noise, 4, sampler="ancestral", gamma=0.5, seed=3)
+    np.testing.assert_allclose(a, first, atol=1e-5)
+    np.testing.assert_allclose(b, second, atol=1e-5)
+    assert np.abs(a - b).max() > 1e-3  # the stream moved on
+    assert len(model._samplers) == 2  # one DDIM and one ancestral sampler for all of the above
+
+
 def test_cross_backend_parity_with_stored_reference():
     """The same weights give the same denoiser output and 8-step DDIM samples on every backend.
 
