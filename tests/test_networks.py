@@ -164,6 +164,51 @@ def test_unet_config_round_trip():
     assert isinstance(restored, UNet) and restored.get_config() == config
 
 
+def test_unet_channels_first_matches_channels_last():
+    # Non-square input (8x16) so that a swapped H/W axis would show; attention with 2 heads,
+    # class conditioning, up/down resampling and 1x1 shortcuts are all on the path.
+    z, t, labels = _inputs((8, 16, 3))
+    nets = {}
+    for fmt in ("channels_last", "channels_first"):
+        nets[fmt] = _tiny_unet(num_classes=3, data_format=fmt)
+        nets[fmt].build((None, 8, 16, 3), (None,))
+        assert nets[fmt].resolved_data_format == fmt
+        assert nets[fmt].conv_in.data_format == fmt
+    last, first = nets["channels_last"], nets["channels_first"]
+    assert [tuple(v.shape) for v in first.weights] == [tuple(v.shape) for v in last.weights]
+    assert [v.path.split("/", 1)[1] for v in first.weights] == [
+        v.path.split("/", 1)[1] for v in last.weights
+    ]
+    _perturb(last)
+    first.set_weights(last.get_weights())
+    y_last, y_first = _np(last(z, t, labels)), _np(first(z, t, labels))
+    assert y_first.shape == (B, 8, 16, 3) and np.abs(y_last).max() > 0.1
+    np.testing.assert_allclose(y_first, y_last, atol=1e-5)
+    assert tuple(first.compute_output_shape((None, 8, 16, 3))) == (None, 8, 16, 3)
+
+
+def test_unet_default_data_format_resolves_per_backend():
+    expected = "channels_first" if keras.backend.backend() == "torch" else "channels_last"
+    z, t, _ = _inputs()
+    net = _tiny_unet()
+    net(z, t)
+    assert net.data_format is None and net.resolved_data_format == expected
+    assert net.conv_in.data_format == expected and net.mid_attn_1._fmt == expected
+    config = net.get_config()
+    assert config["data_format"] is None  # not frozen to this backend's layout
+    clone = UNet.from_config(config)
+    clone(z, t)
+    assert clone.get_config() == config and clone.resolved_data_format == expected
+    # Configs saved before the option existed load with the default.
+    del config["data_format"]
+    old = UNet.from_config(config)
+    assert old.data_format is None and old.resolved_data_format == expected
+    explicit = _tiny_unet(data_format="channels_last")
+    assert explicit.get_config()["data_format"] == "channels_last"
+    with pytest.raises(ValueError, match="data_format"):
+        _tiny_unet(data_format="NHWC")
+
+
 def test_unet_saves_in_keras_model(tmp_path):
     z, t, _ = _inputs()
     z_in = keras.Input((8, 8, 3))

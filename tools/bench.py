@@ -234,7 +234,7 @@ def count_forward_flops(network):
     """
     import keras
 
-    from keras_pd.networks.layers import AttentionBlock
+    from keras_pd.networks.layers import AttentionBlock, resolve_data_format
 
     counts = {"conv": 0, "dense": 0, "attention": 0}
     uncounted = []
@@ -244,7 +244,10 @@ def count_forward_flops(network):
     def walk(layer, positions):
         if isinstance(layer, keras.layers.Conv2D):
             shape = _build_shape(layer)
-            h, w, cin = int(shape[1]), int(shape[2]), int(shape[3])
+            if layer.data_format == "channels_first":  # the UNet's layout on torch
+                cin, h, w = int(shape[1]), int(shape[2]), int(shape[3])
+            else:
+                h, w, cin = int(shape[1]), int(shape[2]), int(shape[3])
             kh, kw = layer.kernel_size
             sh, sw = layer.strides
             if layer.padding == "same":
@@ -262,8 +265,11 @@ def count_forward_flops(network):
             counts["dense"] += 2 * pos * int(shape[-1]) * layer.units
             return
         if isinstance(layer, AttentionBlock):
-            shape = _build_shape(layer, "x_shape")
-            length, channels = int(shape[1]) * int(shape[2]), int(shape[3])
+            shape = [None] + [int(d) for d in _build_shape(layer, "x_shape")[1:]]
+            if resolve_data_format(layer.data_format) == "channels_first":
+                length, channels = shape[2] * shape[3], shape[1]
+            else:
+                length, channels = shape[1] * shape[2], shape[3]
             counts["attention"] += 2 * 2 * length * length * channels
             positions = length
         children = _children(layer)

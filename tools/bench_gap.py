@@ -9,7 +9,9 @@ Configurations (each one a fresh subprocess per round; rounds alternate their or
 `tensorflow+jit` (`compile(jit_compile=True)`: XLA), `torch` (eager, one intra-op thread),
 `torch+2t` (two threads), `BACKEND+speK` (K updates per compiled call; without it, what
 `training.fit_steps` picks: 10 here on JAX and TensorFlow, 1 on torch), `torch+unfused` (Keras' own per-variable EMA and clipping instead of
-keras_pd.torch_optimizer's fused ones) and `torch+jit` (`jit_compile=True`: torch.compile). Each process trains the preset through the library's real
+keras_pd.torch_optimizer's fused ones), `BACKEND+nhwc` (UNet presets computed channels-last,
+which is what torch did before the UNet picked channels-first there) and `torch+jit`
+(`jit_compile=True`: torch.compile). Each process trains the preset through the library's real
 path (`build_teacher`, `make_optimizer` with the dataset's defaults, `fit` on a `BatchStream`),
 a warm-up epoch then --epochs timed epochs of --steps steps, and reports the median wall
 ms/step and the median CPU ms/step (process CPU seconds per step: on a shared machine the wall
@@ -43,6 +45,10 @@ def worker(args):
     from keras_pd.training import (TrainConfig, build_teacher, make_optimizer,
                                    steps_per_execution)
 
+    if args.nhwc:  # the UNet channels-last on every backend (its torch default is channels-first)
+        from keras_pd.networks import presets
+
+        presets.PRESETS[args.preset]["data_format"] = "channels_last"
     keras.utils.set_random_seed(0)
     data = load_dataset("digits")
     cfg = TrainConfig(dataset="digits", preset=args.preset, batch_size=args.batch).resolved()
@@ -86,6 +92,7 @@ def main(argv=None):
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--unfused", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--nhwc", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--spe", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -102,7 +109,7 @@ def main(argv=None):
             argv_w = [sys.executable, os.path.abspath(__file__), "--worker",
                       f"--preset={args.preset}", f"--batch={args.batch}",
                       f"--steps={args.steps}", f"--epochs={args.epochs}"]
-            argv_w += [f"--{m}" for m in mods if m in ("jit", "unfused")]
+            argv_w += [f"--{m}" for m in mods if m in ("jit", "unfused", "nhwc")]
             threads = 2 if "2t" in mods else 1
             argv_w += [f"--spe={m[3:]}" for m in mods if m.startswith("spe")]
             argv_w.append(f"--threads={threads}")

@@ -10,7 +10,11 @@ The blocks follow the UNet of the official `diffusion_distillation` code
 * `AttentionBlock`: multi-head self-attention over the spatial positions,
   with a zero-initialised output projection.
 
-All tensors are channels-last. The code avoids `x[:, None]` style indexing
+The image blocks take a `data_format` ("channels_last", the default: [B, H, W, C],
+or "channels_first": [B, C, H, W]); the UNet runs them channels-first on the torch
+backend, whose convolutions are channels-first natively (see `resolve_data_format`).
+Weights do not depend on the layout: Conv2D kernels are (kh, kw, in, out) and
+GroupNorm gamma/beta are (C,) in both. The code avoids `x[:, None]` style indexing
 (it becomes Flex ops in TFLite) and uses `ops.reshape` / `ops.expand_dims`.
 """
 
@@ -24,6 +28,71 @@ from keras import ops
 GROUPNORM_EPSILON = 1e-6
 # Default kernel initializer of flax.linen Dense/Conv (variance scaling, fan-in).
 KERNEL_INIT = "lecun_normal"
+
+
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def resolve_data_format(data_format=None):
+    """The feature-map layout to compute in.
+
+    Args:
+        data_format: None, "channels_last" or "channels_first". None picks
+            the backend's fast layout: "channels_first" on torch (its
+            convolutions would otherwise transpose around every call),
+            "channels_last" elsewhere.
+
+    Returns:
+        "channels_last" or "channels_first".
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if data_format is None:
+        return "channels_first" if keras.backend.backend() == "torch" else "channels_last"
+    if data_format not in DATA_FORMATS:
+        raise ValueError(
+            f"data_format must be None, 'channels_last' or 'channels_first'; got {data_format!r}."
+        )
+    return data_format
+
+
+def channel_axis(data_format):
+    """Channel axis of a 4-D feature map: 1 for "channels_first", -1 for "channels_last".
+
+    Args:
+        data_format: "channels_last" or "channels_first".
+
+    Returns:
+        int, the axis.
+    """
+    return 1 if data_format == "channels_first" else -1
+
+
+def _spatial_axes(data_format):
+    return (2, 3) if data_format == "channels_first" else (1, 2)
+
+
+def feature_shape(b, h, w, c, data_format):
+    """A 4-D feature-map shape in the given layout.
+
+    Args:
+        b, h, w, c: batch, height, width and channel sizes (int, -1 or None).
+        data_format: "channels_last" or "channels_first".
+
+    Returns:
+        (b, h, w, c) or (b, c, h, w).
+    """
+    return (b, c, h, w) if data_format == "channels_first" else (b, h, w, c)
+
+
+def _split_feature_shape(shape, data_format):
+    """(b, h, w, c) of a 4-D feature-map shape in the given layout."""
+    if data_format == "channels_first":
+        b, c, h, w = shape
+    else:
+        b, h, w, c = shape
+    return b, h, w, c
 
 
 def num_groups(channels, max_groups=32):
@@ -43,19 +112,43 @@ def num_groups(channels, max_groups=32):
     return groups
 
 
-def group_norm(channels, name=None):
+def group_norm(channels, name=None, data_format="channels_last"):
     """A `keras.layers.GroupNormalization` with the project's settings.
 
     Args:
         channels: int, number of channels of the normalised tensor.
         name: optional layer name.
+        data_format: "channels_last" or "channels_first", the layout of the
+            normalised tensor (sets the channel axis; gamma/beta are (C,)
+            either way).
 
     Returns:
-        An unbuilt `GroupNormalization` layer (channels-last).
+        An unbuilt `GroupNormalization` layer.
     """
     return keras.layers.GroupNormalization(
-        groups=num_groups(channels), epsilon=GROUPNORM_EPSILON, name=name
+        groups=num_groups(channels),
+        axis=channel_axis(data_format),
+        epsilon=GROUPNORM_EPSILON,
+        name=name,
     )
+
+
+class LayoutConv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` whose channels-first bias add is a plain broadcast.
+
+    Keras 3's TensorFlow `ops.add` (used by `Conv2D.call`) turns `x + bias` with a
+    (1, C, 1, 1) bias into `tf.nn.bias_add` and picks NHWC whenever `x`'s last axis
+    also has size C: a channels-first Conv2D on TensorFlow adds its bias along the
+    width when W == filters. Channels-last calls are Keras' own. Same weights,
+    arguments and names as `keras.layers.Conv2D`.
+    """
+
+    def call(self, inputs):
+        if not (self.use_bias and self.data_format == "channels_first"):
+            return super().call(inputs)
+        outputs = self.convolution_op(inputs, self.kernel)
+        outputs = outputs + ops.reshape(self.bias, (1, self.filters, 1, 1))
+        return outputs if self.activation is None else self.activation(outputs)
 
 
 def timestep_embedding(t, dim, max_period=10000.0):
@@ -87,30 +180,35 @@ def timestep_embedding(t, dim, max_period=10000.0):
     return emb
 
 
-def upsample_nearest(x):
-    """Nearest-neighbour 2x upsampling of a [B, H, W, C] tensor.
+def upsample_nearest(x, data_format="channels_last"):
+    """Nearest-neighbour 2x upsampling of a feature map.
 
     Args:
-        x: tensor [B, H, W, C].
+        x: tensor [B, H, W, C] ("channels_last") or [B, C, H, W]
+            ("channels_first").
+        data_format: the layout of `x`.
 
     Returns:
-        Tensor [B, 2H, 2W, C].
+        Tensor [B, 2H, 2W, C] or [B, C, 2H, 2W].
     """
-    x = ops.repeat(x, 2, axis=1)
-    return ops.repeat(x, 2, axis=2)
+    h_axis, w_axis = _spatial_axes(data_format)
+    x = ops.repeat(x, 2, axis=h_axis)
+    return ops.repeat(x, 2, axis=w_axis)
 
 
-def downsample_avg(x):
-    """2x2 average pooling (stride 2) of a [B, H, W, C] tensor.
+def downsample_avg(x, data_format="channels_last"):
+    """2x2 average pooling (stride 2) of a feature map.
 
     Args:
-        x: tensor [B, H, W, C] with even H and W.
+        x: tensor [B, H, W, C] ("channels_last") or [B, C, H, W]
+            ("channels_first") with even H and W.
+        data_format: the layout of `x`.
 
     Returns:
-        Tensor [B, H/2, W/2, C].
+        Tensor [B, H/2, W/2, C] or [B, C, H/2, W/2].
     """
     return ops.average_pool(
-        x, pool_size=2, strides=2, padding="valid", data_format="channels_last"
+        x, pool_size=2, strides=2, padding="valid", data_format=data_format
     )
 
 
@@ -129,10 +227,15 @@ class ResBlock(keras.layers.Layer):
         out_channels: int or None, output channels (None: same as input).
         resample: None, "up" (nearest 2x) or "down" (2x2 average pool).
         dropout: float, dropout rate before the last conv.
+        data_format: "channels_last" (default, [B, H, W, C]),
+            "channels_first" ([B, C, H, W]) or None (the backend's layout,
+            see `resolve_data_format`): the layout of the input and output.
+            The weights are the same in both layouts.
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
     """
 
-    def __init__(self, out_channels=None, resample=None, dropout=0.0, **kwargs):
+    def __init__(self, out_channels=None, resample=None, dropout=0.0,
+                 data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
         if resample not in (None, "up", "down"):
             raise ValueError(
@@ -141,82 +244,92 @@ class ResBlock(keras.layers.Layer):
         self.out_channels = None if out_channels is None else int(out_channels)
         self.resample = resample
         self.dropout = float(dropout)
+        resolve_data_format(data_format)  # validates
+        self.data_format = data_format
 
     def build(self, x_shape, emb_shape=None):
         """Creates the sub-layers.
 
         Args:
-            x_shape: shape of the input feature map, [B, H, W, C].
+            x_shape: shape of the input feature map, [B, H, W, C] or
+                [B, C, H, W] (see `data_format`).
             emb_shape: shape of the embedding, [B, E].
         """
+        fmt = self._fmt = resolve_data_format(self.data_format)
         if len(x_shape) != 4:
-            raise ValueError(f"ResBlock expects a [B, H, W, C] input, got shape {x_shape}.")
+            raise ValueError(
+                f"ResBlock expects a 4-D ({fmt}) input, got shape {x_shape}."
+            )
         if emb_shape is None:
             raise ValueError("ResBlock needs the embedding: call it as block(x, emb).")
-        in_ch = int(x_shape[-1])
+        b, h, w, in_ch = _split_feature_shape(x_shape, fmt)
+        in_ch = int(in_ch)
         out_ch = in_ch if self.out_channels is None else self.out_channels
         self._out_ch = out_ch
-        b, h, w = x_shape[0], x_shape[1], x_shape[2]
         if self.resample == "up":
             h, w = (None if h is None else 2 * h), (None if w is None else 2 * w)
         elif self.resample == "down":
             h, w = (None if h is None else h // 2), (None if w is None else w // 2)
-        self.norm1 = group_norm(in_ch, name="norm1")
+        self.norm1 = group_norm(in_ch, name="norm1", data_format=fmt)
         self.norm1.build(x_shape)
-        self.conv1 = keras.layers.Conv2D(
-            out_ch, 3, padding="same", kernel_initializer=KERNEL_INIT, name="conv1"
+        self.conv1 = LayoutConv2D(
+            out_ch, 3, padding="same", data_format=fmt, kernel_initializer=KERNEL_INIT,
+            name="conv1",
         )
-        self.conv1.build((b, h, w, in_ch))
+        self.conv1.build(feature_shape(b, h, w, in_ch, fmt))
         self.temb_proj = keras.layers.Dense(
             2 * out_ch, kernel_initializer=KERNEL_INIT, name="temb_proj"
         )
         self.temb_proj.build(tuple(emb_shape))
-        self.norm2 = group_norm(out_ch, name="norm2")
-        self.norm2.build((b, h, w, out_ch))
+        self.norm2 = group_norm(out_ch, name="norm2", data_format=fmt)
+        self.norm2.build(feature_shape(b, h, w, out_ch, fmt))
         self.drop = keras.layers.Dropout(self.dropout, name="dropout")
-        self.conv2 = keras.layers.Conv2D(
+        self.conv2 = LayoutConv2D(
             out_ch,
             3,
             padding="same",
+            data_format=fmt,
             kernel_initializer="zeros",
             bias_initializer="zeros",
             name="conv2",
         )
-        self.conv2.build((b, h, w, out_ch))
+        self.conv2.build(feature_shape(b, h, w, out_ch, fmt))
         if in_ch != out_ch:
-            self.nin_shortcut = keras.layers.Conv2D(
-                out_ch, 1, kernel_initializer=KERNEL_INIT, name="nin_shortcut"
+            self.nin_shortcut = LayoutConv2D(
+                out_ch, 1, data_format=fmt, kernel_initializer=KERNEL_INIT,
+                name="nin_shortcut",
             )
-            self.nin_shortcut.build((b, h, w, in_ch))
+            self.nin_shortcut.build(feature_shape(b, h, w, in_ch, fmt))
         else:
             self.nin_shortcut = None
 
     def _resample(self, x):
         if self.resample == "up":
-            return upsample_nearest(x)
+            return upsample_nearest(x, self._fmt)
         if self.resample == "down":
-            return downsample_avg(x)
+            return downsample_avg(x, self._fmt)
         return x
 
     def call(self, x, emb, training=None):
         """Applies the block.
 
         Args:
-            x: tensor [B, H, W, C].
+            x: tensor [B, H, W, C] (or [B, C, H, W] when channels-first).
             emb: tensor [B, E], time (and class) embedding.
             training: bool, enables dropout.
 
         Returns:
-            Tensor [B, H', W', out_channels] with H' = 2H ("up"), H/2
-            ("down") or H.
+            Tensor [B, H', W', out_channels] (or [B, out_channels, H', W'])
+            with H' = 2H ("up"), H/2 ("down") or H.
         """
         h = ops.silu(self.norm1(x))
         h = self._resample(h)
         x = self._resample(x)
         h = self.conv1(h)
         emb_out = self.temb_proj(ops.silu(emb))
-        emb_out = ops.reshape(emb_out, (-1, 1, 1, 2 * self._out_ch))
-        scale, shift = ops.split(emb_out, 2, axis=-1)
+        # [B, 2C] -> broadcastable [B, 1, 1, 2C] or [B, 2C, 1, 1]; split on the channels.
+        emb_out = ops.reshape(emb_out, feature_shape(-1, 1, 1, 2 * self._out_ch, self._fmt))
+        scale, shift = ops.split(emb_out, 2, axis=channel_axis(self._fmt))
         h = self.norm2(h) * (1.0 + scale) + shift
         h = ops.silu(h)
         h = self.drop(h, training=training)
@@ -229,19 +342,20 @@ class ResBlock(keras.layers.Layer):
         """Output shape for a given input shape.
 
         Args:
-            x_shape: input shape [B, H, W, C].
+            x_shape: input shape [B, H, W, C] (or [B, C, H, W]).
             emb_shape: embedding shape (unused).
 
         Returns:
-            Output shape tuple.
+            Output shape tuple, in the same layout.
         """
-        b, h, w, c = x_shape
+        fmt = resolve_data_format(self.data_format)
+        b, h, w, c = _split_feature_shape(x_shape, fmt)
         out_ch = c if self.out_channels is None else self.out_channels
         if self.resample == "up":
             h, w = (None if h is None else 2 * h), (None if w is None else 2 * w)
         elif self.resample == "down":
             h, w = (None if h is None else h // 2), (None if w is None else w // 2)
-        return (b, h, w, out_ch)
+        return feature_shape(b, h, w, out_ch, fmt)
 
     def get_config(self):
         """Returns the constructor arguments.
@@ -255,6 +369,7 @@ class ResBlock(keras.layers.Layer):
                 "out_channels": self.out_channels,
                 "resample": self.resample,
                 "dropout": self.dropout,
+                "data_format": self.data_format,
             }
         )
         return config
@@ -273,25 +388,31 @@ class AttentionBlock(keras.layers.Layer):
             is None). Ignored when `head_dim` is given.
         head_dim: int or None, channels per head; the number of heads is
             then `channels // head_dim`.
+        data_format: "channels_last" (default, [B, H, W, C]),
+            "channels_first" ([B, C, H, W]) or None (the backend's layout,
+            see `resolve_data_format`). The weights are the same in both.
         **kwargs: base `keras.layers.Layer` arguments.
     """
 
-    def __init__(self, num_heads=None, head_dim=None, **kwargs):
+    def __init__(self, num_heads=None, head_dim=None, data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
         self.num_heads = None if num_heads is None else int(num_heads)
         self.head_dim = None if head_dim is None else int(head_dim)
+        resolve_data_format(data_format)  # validates
+        self.data_format = data_format
 
     def build(self, x_shape):
         """Creates the sub-layers.
 
         Args:
-            x_shape: input shape [B, H, W, C].
+            x_shape: input shape [B, H, W, C] (or [B, C, H, W]).
         """
+        fmt = self._fmt = resolve_data_format(self.data_format)
         if len(x_shape) != 4:
             raise ValueError(
-                f"AttentionBlock expects a [B, H, W, C] input, got shape {x_shape}."
+                f"AttentionBlock expects a 4-D ({fmt}) input, got shape {x_shape}."
             )
-        c = int(x_shape[-1])
+        c = int(x_shape[channel_axis(fmt)])
         if self.head_dim is not None:
             if c % self.head_dim:
                 raise ValueError(
@@ -306,7 +427,7 @@ class AttentionBlock(keras.layers.Layer):
                 )
             hd = c // heads
         self._channels, self._heads, self._hd = c, heads, hd
-        self.norm = group_norm(c, name="norm")
+        self.norm = group_norm(c, name="norm", data_format=fmt)
         self.norm.build(x_shape)
         self.qkv = keras.layers.Dense(3 * c, kernel_initializer=KERNEL_INIT, name="qkv")
         self.qkv.build((None, None, c))
@@ -319,15 +440,20 @@ class AttentionBlock(keras.layers.Layer):
         """Applies the block.
 
         Args:
-            x: tensor [B, H, W, C].
+            x: tensor [B, H, W, C] (or [B, C, H, W]).
 
         Returns:
-            Tensor [B, H, W, C].
+            Tensor of the shape of `x`.
         """
         c, heads, hd = self._channels, self._heads, self._hd
+        channels_first = self._fmt == "channels_first"
         shape = ops.shape(x)
-        length = shape[1] * shape[2]
-        h = ops.reshape(self.norm(x), (-1, length, c))
+        height, width = (shape[2], shape[3]) if channels_first else (shape[1], shape[2])
+        length = height * width
+        if channels_first:  # [B, C, H, W] -> [B, C, L] -> [B, L, C]
+            h = ops.transpose(ops.reshape(self.norm(x), (-1, c, length)), (0, 2, 1))
+        else:
+            h = ops.reshape(self.norm(x), (-1, length, c))
         qkv = self.qkv(h)  # [B, L, 3C]
         qkv = ops.reshape(qkv, (-1, length, 3 * heads, hd))
         qkv = ops.transpose(qkv, (0, 2, 1, 3))  # [B, 3*heads, L, hd]
@@ -337,8 +463,10 @@ class AttentionBlock(keras.layers.Layer):
         weights = ops.softmax(logits, axis=-1)
         h = ops.matmul(weights, v)  # [B, heads, L, hd]
         h = ops.reshape(ops.transpose(h, (0, 2, 1, 3)), (-1, length, c))
-        h = self.proj_out(h)
-        return x + ops.reshape(h, (-1, shape[1], shape[2], c))
+        h = self.proj_out(h)  # [B, L, C]
+        if channels_first:
+            return x + ops.reshape(ops.transpose(h, (0, 2, 1)), (-1, c, height, width))
+        return x + ops.reshape(h, (-1, height, width, c))
 
     def compute_output_shape(self, x_shape):
         """Output shape (same as the input).
@@ -358,7 +486,10 @@ class AttentionBlock(keras.layers.Layer):
             A JSON-serialisable dict.
         """
         config = super().get_config()
-        config.update({"num_heads": self.num_heads, "head_dim": self.head_dim})
+        config.update(
+            {"num_heads": self.num_heads, "head_dim": self.head_dim,
+             "data_format": self.data_format}
+        )
         return config
 
 

@@ -17,6 +17,11 @@ with `resblock_resample=True`):
   (so the network outputs exactly zero at initialisation).
 
 "Resolution" is the feature-map height.
+
+The UNet takes and returns channels-last images [B, H, W, C]. Inside, it runs in
+`data_format` (default: channels-first on the torch backend, whose convolutions
+are channels-first natively, channels-last elsewhere), transposing once at entry
+and once at exit; the weights are the same in both layouts.
 """
 
 import keras
@@ -27,8 +32,12 @@ from keras_pd.networks.layers import (
     class_one_hot,
     KERNEL_INIT,
     AttentionBlock,
+    LayoutConv2D,
     ResBlock,
+    feature_shape,
+    channel_axis,
     group_norm,
+    resolve_data_format,
     timestep_embedding,
 )
 
@@ -94,6 +103,15 @@ class UNet(keras.layers.Layer):
         num_classes: int or None, number of classes for class conditioning.
         image_size: optional int or (H, W); if given, building on another
             spatial shape raises ValueError.
+        guidance: bool, adds a guidance-weight embedding (`GuidanceEmbedding`);
+            `call` then needs `guidance`.
+        data_format: None (default), "channels_last" or "channels_first": the
+            layout the network computes in. None resolves when the layer is
+            built: "channels_first" on the torch backend, "channels_last"
+            elsewhere (`resolve_data_format`); it stays None in the config, so
+            a saved network runs in the fast layout of the backend that loads
+            it. Inputs and outputs are channels-last either way, and the
+            weights do not depend on it.
         **kwargs: base `keras.layers.Layer` arguments.
     """
 
@@ -111,6 +129,7 @@ class UNet(keras.layers.Layer):
         num_classes=None,
         image_size=None,
         guidance=False,
+        data_format=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -126,22 +145,31 @@ class UNet(keras.layers.Layer):
         self.num_classes = None if not num_classes else int(num_classes)
         self.image_size = _as_hw(image_size)
         self.guidance = bool(guidance)
+        resolve_data_format(data_format)  # validates
+        self.data_format = data_format
         if not self.ch_mult:
             raise ValueError("UNet ch_mult must have at least one level.")
         if self.image_size is not None:
             check_unet_shape(self.image_size + (1,), len(self.ch_mult))
         self._hw = None
 
+    @property
+    def resolved_data_format(self):
+        """The layout the network computes in: `data_format`, or the backend's when None."""
+        return resolve_data_format(self.data_format)
+
     def _attn(self, name):
+        fmt = self._fmt
         if self.head_dim is not None:
-            return AttentionBlock(head_dim=self.head_dim, name=name)
-        return AttentionBlock(num_heads=self.num_heads or 1, name=name)
+            return AttentionBlock(head_dim=self.head_dim, data_format=fmt, name=name)
+        return AttentionBlock(num_heads=self.num_heads or 1, data_format=fmt, name=name)
 
     def build(self, z_shape, t_shape=None, labels_shape=None, guidance_shape=None):
         """Creates all sub-layers for a static input shape.
 
         Args:
-            z_shape: [B, H, W, C] shape of the noisy input.
+            z_shape: [B, H, W, C] shape of the noisy input (channels-last in
+                every `data_format`).
             t_shape: [B] shape of the time input (unused).
             labels_shape: [B] shape of the labels (unused).
             guidance_shape: [B] shape of the guidance weights (unused).
@@ -156,6 +184,7 @@ class UNet(keras.layers.Layer):
                 f"on input shape {z_shape}."
             )
         self._hw = hw
+        fmt = self._fmt = self.resolved_data_format
         b = z_shape[0]
         emb_ch, dropout = self.emb_ch, self.dropout
         emb_shape = (b, emb_ch)
@@ -172,13 +201,15 @@ class UNet(keras.layers.Layer):
         else:
             self.class_emb = None
 
-        self.conv_in = keras.layers.Conv2D(
-            self.ch, 3, padding="same", kernel_initializer=KERNEL_INIT, name="conv_in"
-        )
-        self.conv_in.build(z_shape)
-
         def shape_of(res_hw, c):
-            return (b, res_hw[0], res_hw[1], c)
+            """Shape of a feature map in the internal layout."""
+            return feature_shape(b, res_hw[0], res_hw[1], c, fmt)
+
+        self.conv_in = LayoutConv2D(
+            self.ch, 3, padding="same", data_format=fmt, kernel_initializer=KERNEL_INIT,
+            name="conv_in",
+        )
+        self.conv_in.build(shape_of(hw, z_shape[-1]))
 
         # Down path. `skips` tracks the channel count of every saved activation.
         cur_hw, cur_c = hw, self.ch
@@ -187,7 +218,8 @@ class UNet(keras.layers.Layer):
         num_levels = len(self.ch_mult)
         for level, mult in enumerate(self.ch_mult):
             for i in range(self.num_res_blocks):
-                block = ResBlock(self.ch * mult, dropout=dropout, name=f"down_{level}_block_{i}")
+                block = ResBlock(self.ch * mult, dropout=dropout, data_format=fmt,
+                                 name=f"down_{level}_block_{i}")
                 block.build(shape_of(cur_hw, cur_c), emb_shape)
                 cur_c = self.ch * mult
                 down_layers.append(block)
@@ -199,7 +231,8 @@ class UNet(keras.layers.Layer):
                     down_plan.append("attn")
                 skips.append(cur_c)
             if level != num_levels - 1:
-                block = ResBlock(resample="down", dropout=dropout, name=f"down_{level}_downsample")
+                block = ResBlock(resample="down", dropout=dropout, data_format=fmt,
+                                 name=f"down_{level}_downsample")
                 block.build(shape_of(cur_hw, cur_c), emb_shape)
                 cur_hw = (cur_hw[0] // 2, cur_hw[1] // 2)
                 down_layers.append(block)
@@ -209,11 +242,11 @@ class UNet(keras.layers.Layer):
         self._down_plan = down_plan
 
         # Middle.
-        self.mid_block_1 = ResBlock(dropout=dropout, name="mid_block_1")
+        self.mid_block_1 = ResBlock(dropout=dropout, data_format=fmt, name="mid_block_1")
         self.mid_block_1.build(shape_of(cur_hw, cur_c), emb_shape)
         self.mid_attn_1 = self._attn("mid_attn_1")
         self.mid_attn_1.build(shape_of(cur_hw, cur_c))
-        self.mid_block_2 = ResBlock(dropout=dropout, name="mid_block_2")
+        self.mid_block_2 = ResBlock(dropout=dropout, data_format=fmt, name="mid_block_2")
         self.mid_block_2.build(shape_of(cur_hw, cur_c), emb_shape)
 
         # Up path.
@@ -221,7 +254,8 @@ class UNet(keras.layers.Layer):
         for level in reversed(range(num_levels)):
             out_c = self.ch * self.ch_mult[level]
             for i in range(self.num_res_blocks + 1):
-                block = ResBlock(out_c, dropout=dropout, name=f"up_{level}_block_{i}")
+                block = ResBlock(out_c, dropout=dropout, data_format=fmt,
+                                 name=f"up_{level}_block_{i}")
                 block.build(shape_of(cur_hw, cur_c + skips.pop()), emb_shape)
                 cur_c = out_c
                 up_layers.append(block)
@@ -232,7 +266,8 @@ class UNet(keras.layers.Layer):
                     up_layers.append(attn)
                     up_plan.append("attn")
             if level != 0:
-                block = ResBlock(resample="up", dropout=dropout, name=f"up_{level}_upsample")
+                block = ResBlock(resample="up", dropout=dropout, data_format=fmt,
+                                 name=f"up_{level}_upsample")
                 block.build(shape_of(cur_hw, cur_c), emb_shape)
                 cur_hw = (cur_hw[0] * 2, cur_hw[1] * 2)
                 up_layers.append(block)
@@ -242,12 +277,13 @@ class UNet(keras.layers.Layer):
         self._up_plan = up_plan
 
         # End.
-        self.norm_out = group_norm(cur_c, name="norm_out")
+        self.norm_out = group_norm(cur_c, name="norm_out", data_format=fmt)
         self.norm_out.build(shape_of(cur_hw, cur_c))
-        self.conv_out = keras.layers.Conv2D(
+        self.conv_out = LayoutConv2D(
             self.out_channels,
             3,
             padding="same",
+            data_format=fmt,
             kernel_initializer="zeros",
             bias_initializer="zeros",
             name="conv_out",
@@ -274,7 +310,8 @@ class UNet(keras.layers.Layer):
         """Runs the network.
 
         Args:
-            z: float tensor [B, H, W, C], the noisy input.
+            z: float tensor [B, H, W, C], the noisy input (channels-last in
+                every `data_format`).
             t: float tensor [B], network time in [0, 1].
             labels: int tensor [B] of class ids; required when `num_classes`
                 is set, ignored otherwise (label `num_classes` is the null label).
@@ -283,9 +320,11 @@ class UNet(keras.layers.Layer):
             training: bool, enables dropout.
 
         Returns:
-            Tensor [B, H, W, out_channels].
+            Tensor [B, H, W, out_channels] (channels-last).
         """
         self._check_input(z)
+        channels_first = self._fmt == "channels_first"
+        axis = channel_axis(self._fmt)
         emb = timestep_embedding(t, self.ch)
         emb = self.temb_dense1(ops.silu(self.temb_dense0(emb)))
         if self.class_emb is not None:
@@ -299,6 +338,8 @@ class UNet(keras.layers.Layer):
                 raise ValueError("UNet was built with guidance=True: pass guidance.")
             emb = emb + self.guidance_emb(guidance)
 
+        if channels_first:
+            z = ops.transpose(z, (0, 3, 1, 2))
         hs = [self.conv_in(z)]
         for kind, layer in zip(self._down_plan, self.down_layers):
             if kind == "res":
@@ -313,14 +354,16 @@ class UNet(keras.layers.Layer):
 
         for kind, layer in zip(self._up_plan, self.up_layers):
             if kind == "res_cat":
-                h = layer(ops.concatenate([h, hs.pop()], axis=-1), emb, training=training)
+                h = layer(ops.concatenate([h, hs.pop()], axis=axis), emb, training=training)
             elif kind == "attn":
                 h = layer(h)
             else:
                 h = layer(h, emb, training=training)
 
-        h = ops.silu(self.norm_out(h))
-        return self.conv_out(h)
+        h = self.conv_out(ops.silu(self.norm_out(h)))
+        if channels_first:
+            h = ops.transpose(h, (0, 2, 3, 1))
+        return h
 
     def compute_output_shape(self, z_shape, t_shape=None, labels_shape=None,
                              guidance_shape=None):
@@ -357,6 +400,8 @@ class UNet(keras.layers.Layer):
                 "num_classes": self.num_classes,
                 "guidance": self.guidance,
                 "image_size": None if self.image_size is None else list(self.image_size),
+                # The user's value: None (the default) resolves per backend on load.
+                "data_format": self.data_format,
             }
         )
         return config
