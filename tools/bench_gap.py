@@ -50,8 +50,9 @@ def worker(args):
 
         presets.PRESETS[args.preset]["data_format"] = "channels_last"
     keras.utils.set_random_seed(0)
-    data = load_dataset("digits")
-    cfg = TrainConfig(dataset="digits", preset=args.preset, batch_size=args.batch).resolved()
+    data = load_dataset(args.dataset)
+    cfg = TrainConfig(dataset=args.dataset, preset=args.preset,
+                      batch_size=args.batch).resolved()
     model = build_teacher(cfg, data)
     model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
                                            ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip),
@@ -82,6 +83,8 @@ def worker(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="digits_mlp")
+    p.add_argument("--dataset", default="digits", help="training data (e.g. mnist5k for the "
+                   "28x28 presets)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--epochs", type=int, default=3)
@@ -100,14 +103,15 @@ def main(argv=None):
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return None
     configs = [c for c in args.configs.split(",") if c]
-    report = {"preset": args.preset, "batch": args.batch, "loadavg_start": os.getloadavg(),
-              "runs": []}
+    report = {"preset": args.preset, "dataset": args.dataset, "batch": args.batch,
+              "loadavg_start": os.getloadavg(), "runs": []}
     start = time.perf_counter()
     for r in range(args.rounds):
         for config in (configs if r % 2 == 0 else configs[::-1]):
             backend, *mods = config.split("+")
             argv_w = [sys.executable, os.path.abspath(__file__), "--worker",
-                      f"--preset={args.preset}", f"--batch={args.batch}",
+                      f"--preset={args.preset}", f"--dataset={args.dataset}",
+                      f"--batch={args.batch}",
                       f"--steps={args.steps}", f"--epochs={args.epochs}"]
             argv_w += [f"--{m}" for m in mods if m in ("jit", "unfused", "nhwc")]
             threads = 2 if "2t" in mods else 1
