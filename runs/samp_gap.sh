@@ -1,0 +1,11 @@
+set -u
+for preset in digits_mlp digits; do
+  if [ $preset = digits ]; then st=1,4,16; rs=16; else st=1,4,64; rs=64; fi
+  for cfg in jax tensorflow torch1 torch2; do
+    b=${cfg%[12]}; thr=${cfg#torch}
+    envs="KERAS_BACKEND=$b"
+    [ $b = torch ] && envs="$envs OMP_NUM_THREADS=$thr"
+    echo "=== $preset $cfg"
+    env $envs timeout 600 python tools/bench_sampling.py --preset=$preset --steps=$st --ratio_steps=$rs --rounds=3 --pairs=5 --out=runs/samp_${preset}_${cfg}.json 2>&1 | grep -v "WARN\|oneDNN\|cpu_fea\|To enable\|absl\|xla_bridge" | tail -8
+  done
+done
