@@ -1,3 +1,7 @@
+#!/usr/bin/env bash
+# Sampling gap: tools/bench_sampling.py on digits_mlp and the digits UNet, for jax, tensorflow and
+# torch with 1 and 2 threads, one after another; reports land in runs/samp_<preset>_<config>.json.
+# Usage: bash tools/bench_sampling_gap.sh   (alone on the machine; a few minutes on 2 cores)
 set -u
 for preset in digits_mlp digits; do
   if [ $preset = digits ]; then st=1,4,16; rs=16; else st=1,4,64; rs=64; fi
