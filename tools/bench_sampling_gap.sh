@@ -3,6 +3,7 @@
 # torch with 1 and 2 threads, one after another; reports land in runs/samp_<preset>_<config>.json.
 # Usage: bash tools/bench_sampling_gap.sh   (alone on the machine; a few minutes on 2 cores)
 set -u
+mkdir -p runs
 for preset in digits_mlp digits; do
   if [ $preset = digits ]; then st=1,4,16; rs=16; else st=1,4,64; rs=64; fi
   for cfg in jax tensorflow torch1 torch2; do
