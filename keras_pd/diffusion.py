@@ -242,12 +242,10 @@ class DiffusionModel(keras.Model):
         Returns:
             numpy samples, the shape of `noise`.
         """
-        from keras_pd.samplers import Sampler, check_sampler
+        from keras_pd.samplers import Sampler, check_gamma
 
         num_steps = check_steps(num_steps)
-        check_sampler(sampler)
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+        gamma = check_gamma(gamma)  # the shared sampler takes g as an input, unchecked
         noise = ops.convert_to_tensor(noise, "float32")
         self.check_input(noise, "noise")
         batch = ops.shape(noise)[0]
@@ -259,7 +257,7 @@ class DiffusionModel(keras.Model):
             cache[key] = Sampler(self, None, sampler, clip=clip)
         model = cache[key]
         inputs = {"noise": noise, "steps": ops.full((batch,), num_steps, "int32"),
-                  "gamma": ops.full((batch,), float(gamma), "float32")}
+                  "gamma": ops.full((batch,), gamma, "float32")}
         if self.num_classes:
             if labels is None:
                 raise ValueError("labels are required: this model is class-conditional")
@@ -274,7 +272,7 @@ class DiffusionModel(keras.Model):
         if model.seed_generator is None:
             return ops.convert_to_numpy(model.predict_on_batch(inputs))
         states = self.__dict__.setdefault("_seed_states", {})
-        stream = (num_steps, float(gamma), seed)
+        stream = (num_steps, gamma, seed)
         if stream not in states:
             states[stream] = ops.convert_to_numpy(keras.random.SeedGenerator(seed).state.value)
         model.seed_generator.state.assign(states[stream])

@@ -21,6 +21,13 @@ def check_sampler(name):
     return name
 
 
+def check_gamma(gamma):
+    """Raises ValueError naming `gamma` unless 0 <= gamma <= 1; returns it as a float."""
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+    return float(gamma)
+
+
 def ddim_step(prediction, alpha_s, sigma_s):
     """Deterministic DDIM step from t to s < t (REFERENCE 4).
 
@@ -168,9 +175,7 @@ class Sampler(keras.Model):
         self.diffusion = diffusion
         self.num_steps = None if num_steps is None else check_steps(num_steps)
         self.sampler = check_sampler(sampler)
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
-        self.gamma = float(gamma)
+        self.gamma = check_gamma(gamma)
         self.clip = bool(clip)
         self.unroll = bool(unroll)
         self.seed_generator = keras.random.SeedGenerator(seed) if sampler == "ancestral" else None

@@ -448,7 +448,7 @@ class AttentionBlock(keras.layers.Layer):
         c, heads, hd = self._channels, self._heads, self._hd
         channels_first = self._fmt == "channels_first"
         shape = ops.shape(x)
-        height, width = (shape[2], shape[3]) if channels_first else (shape[1], shape[2])
+        _, height, width, _ = _split_feature_shape(shape, self._fmt)
         length = height * width
         if channels_first:  # [B, C, H, W] -> [B, C, L] -> [B, L, C]
             h = ops.transpose(ops.reshape(self.norm(x), (-1, c, length)), (0, 2, 1))
