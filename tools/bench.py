@@ -41,7 +41,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -50,6 +49,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from bench_flops import count_forward_flops  # noqa: E402
+from bench_machine import (backend_matmul, backend_versions, cpu_model, device_name,  # noqa: E402
+                           numpy_matmul_peak, rss_mb, set_threads)
 
 # Per-preset settings: the dataset (digits is built in; cifar10 uses synthetic data of the right
 # shape), the training batch size, timed steps per epoch, and the sampling batch and step counts.
@@ -65,221 +67,6 @@ PRESET_SETTINGS = {
     "cifar10": dict(dataset="synthetic:32x32x3", batch_size=8, train_steps=1, distill_steps=1,
                     sample_batch=2, sample_steps=(1, 4)),
 }
-
-
-# ---------------------------------------------------------------------------
-# Machine.
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def rss_mb():
-    """(peak RSS since start, current RSS) of this process in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
-    current = None
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    current = int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return {"peak": round(peak, 1), "current": None if current is None else round(current, 1)}
-
-
-def numpy_matmul_peak(n, repeats):
-    """Median GFLOP/s of an n x n float32 NumPy matmul (one warm-up call)."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    out = np.empty((n, n), np.float32)
-    np.matmul(a, b, out=out)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.matmul(a, b, out=out)
-        times.append(time.perf_counter() - t0)
-    flops = 2.0 * n ** 3
-    return {"n": n, "gflops": flops / statistics.median(times) / 1e9,
-            "gflops_all": [round(flops / t / 1e9, 1) for t in times]}
-
-
-def backend_matmul(n, repeats, dtype="float32", inner=1):
-    """Median GFLOP/s of an n x n matmul through keras.ops on the current backend (on an
-    accelerator: the chip's achievable peak in `dtype`; `inner` back-to-back products per timing
-    hide the dispatch and the final host transfer)."""
-    from keras import ops
-
-    rng = np.random.default_rng(1)
-    a = ops.convert_to_tensor(rng.standard_normal((n, n), dtype=np.float32), dtype)
-    b = ops.convert_to_tensor(rng.standard_normal((n, n), dtype=np.float32), dtype)
-    ops.convert_to_numpy(ops.matmul(a, b)[0, 0])
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            c = ops.matmul(a, b)
-        ops.convert_to_numpy(c[0, 0])
-        times.append((time.perf_counter() - t0) / inner)
-    return {"n": n, "dtype": dtype, "inner": inner,
-            "gflops": 2.0 * n ** 3 / statistics.median(times) / 1e9}
-
-
-def set_threads(backend, threads):
-    """Limits the backend's intra-op threads (call before the backend runs any op).
-
-    On a shared, oversubscribed machine a backend's spinning OpenMP/Eigen workers can be much
-    slower with 2 threads than with 1; `--threads` measures that. JAX takes it from XLA_FLAGS,
-    set in `main` before JAX is imported.
-    """
-    if not threads:
-        return
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(threads)
-        except RuntimeError:
-            pass
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-
-
-def device_name(backend):
-    """The device the backend computes on, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu'."""
-    try:
-        if backend == "jax":
-            import jax
-
-            return jax.devices()[0].device_kind
-        if backend == "torch":
-            import torch
-
-            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            gpus = tf.config.list_physical_devices("GPU")
-            return gpus[0].name if gpus else "cpu"
-    except Exception as e:  # the figure matters more than the name
-        return f"unknown ({type(e).__name__})"
-    return "unknown"
-
-
-def backend_versions(backend):
-    versions = {}
-    import keras
-
-    versions["keras"] = keras.__version__
-    versions["numpy"] = np.__version__
-    if backend == "jax":
-        import jax
-        import jaxlib
-
-        versions["jax"] = jax.__version__
-        versions["jaxlib"] = jaxlib.__version__
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        versions["tensorflow"] = tf.__version__
-    elif backend == "torch":
-        import torch
-
-        versions["torch"] = torch.__version__
-        versions["torch_threads"] = torch.get_num_threads()
-    return versions
-
-
-# ---------------------------------------------------------------------------
-# FLOPs.
-
-
-def _build_shape(layer, key=None):
-    shapes = getattr(layer, "_build_shapes_dict", None) or {}
-    if key is not None and key in shapes:
-        return tuple(shapes[key])
-    for value in shapes.values():
-        return tuple(value)
-    return None
-
-
-def _children(layer):
-    return list(layer._flatten_layers(include_self=False, recursive=False))
-
-
-def count_forward_flops(network):
-    """Forward-pass FLOPs per example of a built network, counted from its layers' shapes.
-
-    Conv2D: 2 * Ho * Wo * kh * kw * Cin * Cout / groups; Dense: 2 * in * out per position (the
-    positions are the build shape's middle axes, or the enclosing attention block's L = H * W
-    when those are unknown); AttentionBlock: 2 * 2 * L^2 * C for q k^T and weights v, plus its
-    projections. Norms, activations and other elementwise work are ignored.
-
-    Returns:
-        dict with "total", "conv", "dense", "attention" and "uncounted" (names of leaf layers
-        with weights that no rule covers).
-    """
-    import keras
-
-    from keras_pd.networks.layers import AttentionBlock, resolve_data_format
-
-    counts = {"conv": 0, "dense": 0, "attention": 0}
-    uncounted = []
-    ignored = (keras.layers.GroupNormalization, keras.layers.LayerNormalization,
-               keras.layers.BatchNormalization)
-
-    def walk(layer, positions):
-        if isinstance(layer, keras.layers.Conv2D):
-            shape = _build_shape(layer)
-            if layer.data_format == "channels_first":  # the UNet's layout on torch
-                cin, h, w = int(shape[1]), int(shape[2]), int(shape[3])
-            else:
-                h, w, cin = int(shape[1]), int(shape[2]), int(shape[3])
-            kh, kw = layer.kernel_size
-            sh, sw = layer.strides
-            if layer.padding == "same":
-                ho, wo = math.ceil(h / sh), math.ceil(w / sw)
-            else:
-                ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-            groups = getattr(layer, "groups", 1) or 1
-            counts["conv"] += 2 * ho * wo * kh * kw * cin * layer.filters // groups
-            return
-        if isinstance(layer, keras.layers.Dense):
-            shape = _build_shape(layer)
-            middle = shape[1:-1]
-            pos = math.prod(int(d) for d in middle) if all(d is not None for d in middle) \
-                else positions
-            counts["dense"] += 2 * pos * int(shape[-1]) * layer.units
-            return
-        if isinstance(layer, AttentionBlock):
-            shape = [None] + [int(d) for d in _build_shape(layer, "x_shape")[1:]]
-            if resolve_data_format(layer.data_format) == "channels_first":
-                length, channels = shape[2] * shape[3], shape[1]
-            else:
-                length, channels = shape[1] * shape[2], shape[3]
-            counts["attention"] += 2 * 2 * length * length * channels
-            positions = length
-        children = _children(layer)
-        if not children and layer.weights and not isinstance(layer, ignored):
-            uncounted.append(f"{type(layer).__name__}:{layer.name}")
-        for child in children:
-            walk(child, positions)
-
-    walk(network, 1)
-    return dict(counts, total=sum(counts.values()), uncounted=uncounted)
 
 
 # ---------------------------------------------------------------------------

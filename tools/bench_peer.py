@@ -19,7 +19,7 @@ weights with `torch._foreach_lerp_`, the same 1,797 digits and batch 128.
 FLOPs per example (forward) are counted for both sides by `torch.utils.flop_counter`
 (FlopCounterMode: matmuls, convolutions, attention) on torch: the peer directly, keras-pd by
 running its network under the torch backend in a subprocess. keras-pd's own analytic count
-(`tools/bench.py`'s `count_forward_flops`) is reported beside it.
+(`tools/bench_flops.py`'s `count_forward_flops`) is reported beside it.
 
 Every configuration runs in its own subprocess (torch with one intra-op thread, see
 docs/performance.md); the rounds alternate the configurations so load changes hit all alike. Each
@@ -136,7 +136,7 @@ def worker_keras(args):
         torch.set_num_threads(args.threads)
     from keras_pd.data import BatchStream, load_dataset
     from keras_pd.training import TrainConfig, build_teacher, make_optimizer
-    from tools.bench import count_forward_flops
+    from tools.bench_flops import count_forward_flops
 
     keras.utils.set_random_seed(0)
     data = load_dataset("digits")
