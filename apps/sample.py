@@ -20,13 +20,16 @@ flags.DEFINE_list("labels", None, "Class-conditional models: one label or one pe
 flags.DEFINE_string("output", "samples", "Output prefix: writes PREFIX.png and PREFIX.npz.")
 flags.DEFINE_float("guidance", None, "Classifier-free guidance weight w (models trained with "
                    "--label_dropout, and guided students).")
+flags.DEFINE_boolean("jit_compile", None, "Compile the sampler. Default: XLA on TensorFlow, jit "
+                     "on JAX, eager on PyTorch; --jit_compile on PyTorch runs torch.compile "
+                     "(about 1-2 min once, then 2-3x faster: for many samples).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     samples = generate(FLAGS.checkpoint, FLAGS.output, FLAGS.steps, FLAGS.sampler, FLAGS.gamma,
                        FLAGS.num_samples, FLAGS.seed, FLAGS.noise_file, FLAGS.labels,
-                       guidance=FLAGS.guidance)
+                       guidance=FLAGS.guidance, jit_compile=FLAGS.jit_compile)
     print(f"wrote {len(samples)} samples to {FLAGS.output}.png and {FLAGS.output}.npz")
 
 

@@ -225,7 +225,7 @@ class DiffusionModel(keras.Model):
         return self.augment.transform_images(x, {"flips": flips, "input_shape": ops.shape(x)})
 
     def sample(self, noise, num_steps, sampler="ddim", gamma=0.0, labels=None, clip=True,
-               seed=None, guidance=None):
+               seed=None, guidance=None, jit_compile=None):
         """Samples with N steps from starting noise; compiled on JAX and TensorFlow.
 
         Args:
@@ -238,23 +238,27 @@ class DiffusionModel(keras.Model):
                 trained with label dropout, or guided students); None: unguided.
             clip: clip x_hat at each step.
             seed: the ancestral sampler's seed.
+            jit_compile: how the sampler compiles (`samplers.sampler_jit_compile`): None for
+                the backend's default, True for torch.compile on PyTorch.
 
         Returns:
             numpy samples, the shape of `noise`.
         """
-        from keras_pd.samplers import Sampler, check_gamma
+        from keras_pd.samplers import Sampler, check_gamma, sampler_jit_compile
 
         num_steps = check_steps(num_steps)
         gamma = check_gamma(gamma)  # the shared sampler takes g as an input, unchecked
         noise = ops.convert_to_tensor(noise, "float32")
         self.check_input(noise, "noise")
         batch = ops.shape(noise)[0]
-        # One compiled sampler per (sampler, clip, guided) serves every N and g; the ancestral
-        # noise stream is kept per (N, g, seed), as if each had a sampler of its own.
-        key = (sampler, bool(clip), guidance is not None)
+        jit_compile = sampler_jit_compile(jit_compile, sampler)
+        # One compiled sampler per (sampler, clip, guided, jit) serves every N and g; the
+        # ancestral noise stream is kept per (N, g, seed), as if each had a sampler of its own.
+        key = (sampler, bool(clip), guidance is not None, jit_compile)
         cache = self.__dict__.setdefault("_samplers", {})
         if key not in cache:
             cache[key] = Sampler(self, None, sampler, clip=clip)
+            cache[key].compile(jit_compile=jit_compile)
         model = cache[key]
         inputs = {"noise": noise, "steps": ops.full((batch,), num_steps, "int32"),
                   "gamma": ops.full((batch,), gamma, "float32")}

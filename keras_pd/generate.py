@@ -42,7 +42,7 @@ def parse_labels(labels, num, num_classes):
 
 
 def generate(checkpoint, output, steps=None, sampler="ddim", gamma=0.0, num_samples=64, seed=0,
-             noise_file=None, labels=None, batch_size=256, guidance=None):
+             noise_file=None, labels=None, batch_size=256, guidance=None, jit_compile=None):
     """Samples a run directory's model and writes OUTPUT.png (grid) and OUTPUT.npz (`samples`).
 
     Args:
@@ -58,6 +58,8 @@ def generate(checkpoint, output, steps=None, sampler="ddim", gamma=0.0, num_samp
         batch_size: samples per compiled call.
         guidance: classifier-free guidance weight w (models trained with label dropout, and
             guided students); None: unguided.
+        jit_compile: how the sampler compiles (`samplers.sampler_jit_compile`); True on
+            PyTorch runs torch.compile (minutes once, then faster calls).
 
     Returns:
         The samples, numpy [num, *data_shape] in [-1, 1].
@@ -85,7 +87,7 @@ def generate(checkpoint, output, steps=None, sampler="ddim", gamma=0.0, num_samp
     for i in range(0, num, batch_size):
         out.append(model.sample(noise[i:i + batch_size], steps, sampler=sampler, gamma=gamma,
                                 labels=None if lab is None else lab[i:i + batch_size],
-                                seed=seed, guidance=guidance))
+                                seed=seed, guidance=guidance, jit_compile=jit_compile))
     samples = np.concatenate(out)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     save_grid_png(samples, output + ".png")

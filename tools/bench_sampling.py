@@ -64,13 +64,18 @@ def main(argv=None):
     p.add_argument("--min_time", type=float, default=0.3)
     p.add_argument("--pairs", type=int, default=21,
                    help="paired (sampler N, calls N) timings for the overhead ratio")
+    p.add_argument("--jit_compile", choices=["default", "true", "false"], default="default",
+                   help="the samplers' and the calls model's jit_compile (default: the library's "
+                        "per-backend default, samplers.sampler_jit_compile)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    jit = {"default": None, "true": True, "false": False}[args.jit_compile]
 
     import keras
     from keras import ops
 
     from keras_pd.data import load_dataset
+    from keras_pd.samplers import sampler_jit_compile
     from keras_pd.training import TrainConfig, build_teacher
 
     backend = keras.backend.backend()
@@ -87,7 +92,9 @@ def main(argv=None):
     noise_t = ops.convert_to_tensor(noise)
     steps = [int(s) for s in args.steps.split(",")]
     calls = make_calls_model(model, args.ratio_steps)
-    configs = {f"sampler {n}": (lambda n=n: model.sample(noise, n)) for n in steps}
+    calls.compile(jit_compile=sampler_jit_compile(jit))
+    configs = {f"sampler {n}": (lambda n=n: model.sample(noise, n, jit_compile=jit))
+               for n in steps}
     configs[f"calls {args.ratio_steps}"] = lambda: ops.convert_to_numpy(
         calls.predict_on_batch(noise_t))
 
@@ -122,6 +129,7 @@ def main(argv=None):
             for j, key in enumerate(("wall", "cpu")):
                 pairs[key].append(took[f"sampler {n}"][j] / took[f"calls {n}"][j])
     report = {"backend": backend, "preset": args.preset, "batch": args.batch,
+              "jit_compile": args.jit_compile,
               "loadavg": os.getloadavg(), "first_call_s": first, "inner": inner,
               "all_s": times, "median_s": med,
               "samples_per_s": {k: args.batch / v for k, v in med.items()
