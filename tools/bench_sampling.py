@@ -67,6 +67,8 @@ def main(argv=None):
     p.add_argument("--jit_compile", choices=["default", "true", "false"], default="default",
                    help="the samplers' and the calls model's jit_compile (default: the library's "
                         "per-backend default, samplers.sampler_jit_compile)")
+    p.add_argument("--torch_threads", type=int, default=0,
+                   help="torch intra-op threads (0: torch's default, one per core)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     jit = {"default": None, "true": True, "false": False}[args.jit_compile]
@@ -79,10 +81,10 @@ def main(argv=None):
     from keras_pd.training import TrainConfig, build_teacher
 
     backend = keras.backend.backend()
-    if backend == "torch":
+    if backend == "torch" and args.torch_threads:
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(args.torch_threads)
     keras.utils.set_random_seed(0)
     data = load_dataset("digits")
     cfg = TrainConfig(dataset="digits", preset=args.preset).resolved()
@@ -129,7 +131,7 @@ def main(argv=None):
             for j, key in enumerate(("wall", "cpu")):
                 pairs[key].append(took[f"sampler {n}"][j] / took[f"calls {n}"][j])
     report = {"backend": backend, "preset": args.preset, "batch": args.batch,
-              "jit_compile": args.jit_compile,
+              "jit_compile": args.jit_compile, "torch_threads": args.torch_threads,
               "loadavg": os.getloadavg(), "first_call_s": first, "inner": inner,
               "all_s": times, "median_s": med,
               "samples_per_s": {k: args.batch / v for k, v in med.items()
