@@ -47,14 +47,15 @@ def test_train_writes_model_card_samples_and_logs(tiny_teacher):
     assert not [f for f in os.listdir(tiny_teacher) if f.startswith(".tmp")]
 
 
-def test_sample_app_is_reproducible_from_a_noise_file(tiny_teacher, tmp_path):
+def test_sample_app_is_reproducible_from_a_noise_file_compiled_or_not(tiny_teacher, tmp_path):
     noise = np.random.default_rng(0).standard_normal((10, 2)).astype("float32")
     np.save(tmp_path / "noise.npy", noise)
-    for name in ("a", "b"):
+    for name, extra in (("a", []), ("b", []), ("c", ["--nojit_compile"])):
         run_app("sample", f"--checkpoint={tiny_teacher}", f"--noise_file={tmp_path}/noise.npy",
-                f"--output={tmp_path}/{name}")
-    a, b = (np.load(tmp_path / f"{n}.npz")["samples"] for n in "ab")
+                f"--output={tmp_path}/{name}", *extra)
+    a, b, c = (np.load(tmp_path / f"{n}.npz")["samples"] for n in "abc")
     assert a.shape == (10, 2) and np.array_equal(a, b)
+    np.testing.assert_allclose(c, a, atol=1e-5)  # uncompiled (TensorFlow's default is XLA)
     assert a.min() >= -1 and a.max() <= 1
     assert os.path.exists(tmp_path / "a.png")
 
