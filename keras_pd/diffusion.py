@@ -257,8 +257,7 @@ class DiffusionModel(keras.Model):
         key = (sampler, bool(clip), guidance is not None, jit_compile)
         cache = self.__dict__.setdefault("_samplers", {})
         if key not in cache:
-            cache[key] = Sampler(self, None, sampler, clip=clip)
-            cache[key].compile(jit_compile=jit_compile)
+            cache[key] = Sampler(self, None, sampler, clip=clip, jit_compile=jit_compile)
         model = cache[key]
         inputs = {"noise": noise, "steps": ops.full((batch,), num_steps, "int32"),
                   "gamma": ops.full((batch,), gamma, "float32")}

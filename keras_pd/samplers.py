@@ -195,10 +195,12 @@ class Sampler(keras.Model):
         clip: clip x_hat to [-1, 1] at every step (eps_hat recomputed from it).
         seed: seed of the ancestral sampler's noise.
         unroll: unroll the step loop in Python (see `sample_loop`); used by export.
+        jit_compile: how `predict_on_batch` compiles (`sampler_jit_compile`): None for the
+            backend's default, True for torch.compile on PyTorch.
     """
 
     def __init__(self, diffusion, num_steps, sampler="ddim", gamma=0.0, clip=True, seed=None,
-                 unroll=False, **kwargs):
+                 unroll=False, jit_compile=None, **kwargs):
         super().__init__(**kwargs)
         self.diffusion = diffusion
         self.num_steps = None if num_steps is None else check_steps(num_steps)
@@ -207,6 +209,7 @@ class Sampler(keras.Model):
         self.clip = bool(clip)
         self.unroll = bool(unroll)
         self.seed_generator = keras.random.SeedGenerator(seed) if sampler == "ancestral" else None
+        self.compile(jit_compile=sampler_jit_compile(jit_compile, sampler))
 
     def call(self, inputs):
         if isinstance(inputs, dict):
