@@ -11,15 +11,37 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BACKENDS = ("tensorflow", "jax", "torch")
-if os.environ.get("KERAS_BACKEND", "tensorflow") not in BACKENDS:
+
+
+def _configured_backend():
+    """The backend Keras will pick: KERAS_BACKEND, else keras.json's, else tensorflow."""
+    if "KERAS_BACKEND" in os.environ:
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        import json
+
+        with open(os.path.join(home, "keras.json")) as f:
+            return str(json.load(f).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+BACKEND = _configured_backend()
+if BACKEND not in BACKENDS:
     # Checked before Keras is imported, whose own failure is a traceback.
-    print(f"error: unknown KERAS_BACKEND {os.environ['KERAS_BACKEND']!r}; use one of "
-          f"{', '.join(BACKENDS)}", file=sys.stderr)
+    print(f"error: unknown KERAS_BACKEND {BACKEND!r}; use one of {', '.join(BACKENDS)}",
+          file=sys.stderr)
     sys.exit(2)
 
 
 def _import_tensorflow_quietly():
-    """Imports TensorFlow with stderr muted: its C++ start-up banner ignores log levels."""
+    """Imports TensorFlow with stderr muted: its C++ start-up banner ignores log levels.
+
+    Only for KERAS_BACKEND=tensorflow, where Keras imports it anyway. On JAX and PyTorch the
+    apps leave TensorFlow alone: the library imports it when it needs it, after Keras
+    (keras_pd.tf_adapter says why: under torch, TensorFlow first can crash the process).
+    """
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
@@ -33,8 +55,8 @@ def _import_tensorflow_quietly():
         os.close(saved)
 
 
-# TensorFlow is the default backend and, on every backend, the TensorBoard writer.
-_import_tensorflow_quietly()
+if BACKEND == "tensorflow":
+    _import_tensorflow_quietly()
 
 
 def _fail(message, code=2):

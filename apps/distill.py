@@ -10,6 +10,7 @@ from apps import common, scale_flags
 from absl import flags
 
 from keras_pd.distillation import DistillConfig, distill
+from keras_pd.weighting import WEIGHTINGS
 
 _D = DistillConfig()
 flags.DEFINE_string("teacher", None, "Teacher run directory (its card gives its steps).",
@@ -22,8 +23,7 @@ flags.DEFINE_integer("final_rounds_factor", _D.final_rounds_factor,
                      "Multiply the updates of the rounds to 2 and 1 steps (the paper: 2).")
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial rate, decayed linearly to 0.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Batch size.")
-flags.DEFINE_enum("weighting", _D.weighting, ["snr", "truncated_snr", "snr_plus_one", "constant"],
-                  "Loss weighting.")
+flags.DEFINE_enum("weighting", _D.weighting, list(WEIGHTINGS), "Loss weighting.")
 flags.DEFINE_string("dataset", None, "Training data (default: the teacher's).")
 flags.DEFINE_integer("seed", _D.seed, "Seed.")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Updates between checkpoints.")

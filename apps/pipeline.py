@@ -1,16 +1,18 @@
 """The main job: train a teacher, distill it to 1 step, evaluate, export, report. Rerun to resume.
 
-    KERAS_BACKEND=jax python -m apps.pipeline                # digits, 14.5 minutes on 2 idle cores
+    KERAS_BACKEND=jax python -m apps.pipeline                # digits (wall time: docs/results.md)
     python -m apps.pipeline --dataset=toy2d --workdir=runs/toy2d
 """
 
 from apps import common
 from absl import flags
 
-from keras_pd.pipeline import QUICK, PipelineConfig, run_pipeline
+from keras_pd.data import BUILTIN_DATASETS
+from keras_pd.pipeline import QUICK, PipelineConfig, default_workdir, run_pipeline
 
 _D = PipelineConfig()
-flags.DEFINE_string("dataset", _D.dataset, "digits, mnist5k, toy2d or tfds:NAME[:SPLIT].")
+flags.DEFINE_string("dataset", _D.dataset,
+                    f"{', '.join(BUILTIN_DATASETS)} or tfds:NAME[:SPLIT].")
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/DATASET).")
 flags.DEFINE_string("preset", None, "Teacher network preset (default: the dataset's; see "
                     "keras_pd/networks/presets.py).")
@@ -41,10 +43,10 @@ def main(argv):
     values = {name: FLAGS[name].value for name in PipelineConfig.__dataclass_fields__}
     if FLAGS.quick:
         values.update(QUICK)
-    workdir = FLAGS.workdir or (f"runs/{FLAGS.dataset.replace(':', '_')}"
-                                + ("_guided" if FLAGS.guided else ""))
-    run_pipeline(workdir, PipelineConfig(**values))
-    print(open(f"{workdir}/report.md").read())
+    config = PipelineConfig(**values)
+    results = run_pipeline(FLAGS.workdir or default_workdir(config), config)
+    with open(results["report_path"]) as f:
+        print(f.read())
 
 
 if __name__ == "__main__":

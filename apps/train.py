@@ -6,15 +6,18 @@
 from apps import common, scale_flags
 from absl import flags
 
+from keras_pd.data import BUILTIN_DATASETS
+from keras_pd.parameterization import PARAMETERIZATIONS
 from keras_pd.training import TrainConfig, train
+from keras_pd.weighting import WEIGHTINGS
 
 _D = TrainConfig()
-flags.DEFINE_string("dataset", _D.dataset, "digits, mnist5k, toy2d or tfds:NAME[:SPLIT].")
+flags.DEFINE_string("dataset", _D.dataset,
+                    f"{', '.join(BUILTIN_DATASETS)} or tfds:NAME[:SPLIT].")
 flags.DEFINE_string("preset", None, "Network preset (default: the dataset's).")
-flags.DEFINE_enum("parameterization", _D.parameterization, ["eps", "x", "v", "both"],
+flags.DEFINE_enum("parameterization", _D.parameterization, list(PARAMETERIZATIONS),
                   "What the network predicts.")
-flags.DEFINE_enum("weighting", _D.weighting, ["snr", "truncated_snr", "snr_plus_one", "constant"],
-                  "Loss weighting.")
+flags.DEFINE_enum("weighting", _D.weighting, list(WEIGHTINGS), "Loss weighting.")
 flags.DEFINE_integer("train_steps", None, "Updates in total (default: the dataset's).")
 flags.DEFINE_integer("batch_size", None, "Batch size (default: the dataset's).")
 flags.DEFINE_float("learning_rate", None, "Peak learning rate (default: the dataset's).")
@@ -26,7 +29,7 @@ flags.DEFINE_float("dropout", None, "Dropout (default: the preset's).")
 flags.DEFINE_integer("seed", _D.seed, "Seed of the data order, t and noise draws.")
 flags.DEFINE_string("workdir", "runs/teacher", "Run directory (resumed if it holds a run).")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Updates between checkpoints.")
-flags.DEFINE_integer("sample_every", _D.sample_every, "Updates between sample grids.")
+flags.DEFINE_integer("sample_every", _D.sample_every, "Updates between sample grids (0: never).")
 flags.DEFINE_boolean("class_conditional", _D.class_conditional, "Condition on the labels.")
 flags.DEFINE_float("label_dropout", _D.label_dropout, "Probability of the null label in training "
                    "(> 0 enables classifier-free guidance; 0.1 is usual).")

@@ -13,7 +13,7 @@ reproducible and resumable on every Keras backend:
 
 Only NumPy is imported at module level; scikit-learn, mlxtend,
 and tensorflow_datasets are imported lazily by the
-functions that need them.
+functions that need them (TensorFlow through :mod:`keras_pd.tf_adapter`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import dataclasses
 import os
 
 import numpy as np
+
+from keras_pd.tf_adapter import import_tensorflow
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -297,7 +299,7 @@ def _hide_gpus_from_tensorflow() -> None:
 
         if keras.backend.backend() == "tensorflow":
             return
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         tf.config.set_visible_devices([], "GPU")
     except Exception:  # TF already initialised, or absent: nothing to do.
@@ -311,7 +313,7 @@ def _first_line(e: BaseException) -> str:
 
 def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool) -> Dataset:
     try:
-        import tensorflow_datasets as tfds
+        tfds = import_tensorflow("tensorflow_datasets")  # after Keras: see keras_pd.tf_adapter
     except ImportError as e:
         raise DatasetError(
             f"tfds dataset {tfds_name!r} needs tensorflow-datasets: pip install 'keras-pd[datasets]'"

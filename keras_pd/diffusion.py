@@ -1,9 +1,9 @@
 """The diffusion model: a denoising network plus the paper's parameterization, weighting and
 schedule, trained with plain `compile()` + `fit()` on every backend (REFERENCE 1-3, 6).
 
-One `compute_loss` override holds the whole continuous-time training step: draw t ~ U[0, 1] and
+Its training step is the shared objective (`objectives.Objective`): draw t ~ U[0, 1] and
 eps ~ N(0, I) from the model's own SeedGenerator, form z_t = alpha_t x + sigma_t eps, denoise, and
-weight the error.
+weight the error against the true (x, eps, v).
 """
 
 import keras
@@ -11,7 +11,9 @@ from keras import ops
 
 from keras_pd import distribute
 from keras_pd.guidance import drop_labels, guided_prediction, null_labels
+from keras_pd.objectives import Objective
 from keras_pd.parameterization import Prediction, check_parameterization, predict, v_from_x_eps
+from keras_pd.replicas import replica_rows, replicas_in_step
 from keras_pd.schedules import (
     LOGSNR_MAX,
     LOGSNR_MIN,
@@ -24,13 +26,18 @@ from keras_pd.schedules import (
 from keras_pd.weighting import check_weighting, weighted_loss
 
 
+GUIDANCE_ERROR = ("guidance needs a class-conditional model trained with label_dropout > 0, or "
+                  "a guided student (a plain distilled student learned no null label: distill "
+                  "with --guided for one that takes guidance)")
+
+
 @keras.saving.register_keras_serializable(package="keras_pd")
-class DiffusionModel(keras.Model):
+class DiffusionModel(Objective):
     """A denoiser x_hat(z_t, lambda_t) with its training objective.
 
-    `fit(x)` or `fit((x, labels))` trains it; `call` passes its input through, since the random
-    draws and the network run in `compute_loss` (Keras calls the model before `compute_loss`).
-    Use `denoise` for one prediction and `keras_pd.samplers.Sampler` to sample.
+    `fit(x)` or `fit((x, labels))` trains it (`objectives.Objective.compute_loss`, with the true
+    x, eps and v as target). Use `denoise` for one prediction and `keras_pd.samplers.Sampler`
+    to sample.
 
     Args:
         network: a Keras layer called as `network(z, s, labels, training=...)` with s the
@@ -100,6 +107,10 @@ class DiffusionModel(keras.Model):
         """lambda(t) of this model's truncated cosine schedule."""
         return logsnr_cosine(t, self.logsnr_min, self.logsnr_max)
 
+    def network_time(self, logsnr):
+        """The network's time input for lambda, clipped to this model's schedule range."""
+        return network_time(logsnr, self.logsnr_min, self.logsnr_max)
+
     def check_input(self, z, name="z"):
         """Raises ValueError naming `name` when z is not [B, *data_shape]."""
         if tuple(z.shape[1:]) != self.data_shape:
@@ -142,17 +153,18 @@ class DiffusionModel(keras.Model):
         if self.takes_guidance:
             w = ops.zeros_like(logsnr) if guidance is None else ops.cast(guidance, "float32")
             w = ops.broadcast_to(ops.reshape(w, (-1,)), ops.shape(logsnr))
-            output = self.network(z, network_time(logsnr), labels, guidance=w, training=training)
+            output = self.network(z, self.network_time(logsnr), labels, guidance=w,
+                                  training=training)
         else:
-            output = self.network(z, network_time(logsnr), labels, training=training)
+            output = self.network(z, self.network_time(logsnr), labels, training=training)
         output = ops.cast(output, "float32")  # mixed policies: the diffusion math in float32
         return predict(self.parameterization, output, z, expand_to(alpha, z), expand_to(sigma, z),
                        clip=clip)
 
     def _classifier_free(self, z, logsnr, labels, guidance, training, clip):
         """Classifier-free guidance: one network call on [labels; null] stacked on the batch."""
-        if not self.num_classes:
-            raise ValueError("guidance needs a class-conditional model")
+        if not self.guidable:
+            raise ValueError(GUIDANCE_ERROR)
         if labels is None:
             raise ValueError("labels are required: this model is class-conditional")
         labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
@@ -168,10 +180,10 @@ class DiffusionModel(keras.Model):
         return guided_prediction(cond, uncond, w, z, expand_to(alpha, z), expand_to(sigma, z),
                                  clip=clip)
 
-    def call(self, inputs, training=False):
-        return inputs
+    def denoiser(self):
+        return self
 
-    def noise(self, x, t, eps):
+    def forward_process(self, x, t, eps):
         """The forward process z_t = alpha_t x + sigma_t eps (REFERENCE 1).
 
         Returns:
@@ -181,23 +193,19 @@ class DiffusionModel(keras.Model):
         alpha, sigma = alpha_sigma(logsnr)
         return expand_to(alpha, x) * x + expand_to(sigma, x) * eps, logsnr
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The continuous-time denoising loss (REFERENCE 3, 6) for a batch x (labels y)."""
-        x, rows = self.training_batch(x, training)
-        t = distribute.replica_rows(keras.random.uniform((rows,), seed=self.seed_generator))
-        eps = distribute.replica_rows(
-            keras.random.normal((rows,) + self.data_shape, seed=self.seed_generator))
-        z, logsnr = self.noise(x, t, eps)
-        alpha, sigma = alpha_sigma(logsnr)
-        target = Prediction(x, eps, v_from_x_eps(x, eps, expand_to(alpha, x), expand_to(sigma, x)))
+    def draw_conditioning(self, y, rows, training):
+        """The batch's labels, each replaced by the null label with probability `label_dropout`
+        in training (classifier-free guidance's unconditional model)."""
+        labels = y if self.num_classes else None
         if self.label_dropout > 0 and training:
-            u = distribute.replica_rows(keras.random.uniform((rows,), seed=self.seed_generator))
-            y = drop_labels(y, self.num_classes, self.label_dropout, u)
-        prediction = self.denoise(z, logsnr, labels=y, training=training)
-        loss = ops.mean(weighted_loss(self.weighting, prediction, target))
-        if self.losses:
-            loss = loss + ops.sum(self.losses)
-        return distribute.scale_loss(loss)
+            u = replica_rows(keras.random.uniform((rows,), seed=self.seed_generator))
+            labels = drop_labels(labels, self.num_classes, self.label_dropout, u)
+        return labels, None
+
+    def target(self, x, eps, z_t, t, logsnr, labels, guidance):
+        """The true (x, eps, v) of the forward process (REFERENCE 2, 3)."""
+        alpha, sigma = (expand_to(v, x) for v in alpha_sigma(logsnr))
+        return Prediction(x, eps, v_from_x_eps(x, eps, alpha, sigma))
 
     def training_batch(self, x, training):
         """A training batch as float32, checked, flipped when the model flips; with the row
@@ -212,16 +220,16 @@ class DiffusionModel(keras.Model):
         self.check_input(x, "the training batch")
         if self.augment is not None and training:
             x = self.flip_batch(x)
-        return x, ops.shape(x)[0] * distribute.replicas_in_step()
+        return x, ops.shape(x)[0] * replicas_in_step()
 
     def flip_batch(self, x):
         """Random horizontal flips of a training batch (global-batch draws, like t and eps)."""
-        replicas = distribute.replicas_in_step()
+        replicas = replicas_in_step()
         if replicas == 1:
             return self.augment(x, training=True)
         rows = ops.shape(x)[0] * replicas
         draw = self.augment.get_random_transformation(ops.zeros((rows, 1, 1, 1)), training=True)
-        flips = distribute.replica_rows(draw["flips"])
+        flips = replica_rows(draw["flips"])
         return self.augment.transform_images(x, {"flips": flips, "input_shape": ops.shape(x)})
 
     def sample(self, noise, num_steps, sampler="ddim", gamma=0.0, labels=None, clip=True,
@@ -267,8 +275,7 @@ class DiffusionModel(keras.Model):
             inputs["labels"] = ops.convert_to_tensor(labels, "int32")
         if guidance is not None:
             if not self.guidable:
-                raise ValueError("guidance needs a class-conditional model trained with "
-                                 "label_dropout > 0, or a guided student")
+                raise ValueError(GUIDANCE_ERROR)
             inputs["guidance"] = ops.broadcast_to(
                 ops.reshape(ops.convert_to_tensor(guidance, "float32"), (-1,)),
                 (batch,))
@@ -304,3 +311,27 @@ class DiffusionModel(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
+
+
+def rebuild(model, dtype_policy=None, network_updates=None, **updates):
+    """A new DiffusionModel from `model`'s config, weights not copied.
+
+    Args:
+        model: a DiffusionModel.
+        dtype_policy: build under this Keras dtype policy (variables stay float32 under every
+            policy, so the weights carry over); None keeps the model's.
+        network_updates: settings of the network's config to change, where it has them
+            (e.g. {"dropout": 0.0}).
+        **updates: the DiffusionModel's own arguments to change (e.g. label_dropout=0.0).
+
+    Returns:
+        The new DiffusionModel.
+    """
+    config = model.get_config()
+    network = config["network"].setdefault("config", {})
+    network.update({k: v for k, v in (network_updates or {}).items() if k in network})
+    config.update(updates)
+    if dtype_policy is None:
+        return DiffusionModel.from_config(config)
+    with distribute.dtype_policy(dtype_policy):
+        return DiffusionModel.from_config(distribute.with_dtype_policy(config, dtype_policy))

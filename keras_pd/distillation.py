@@ -17,16 +17,22 @@ from keras import ops
 
 from keras_pd import checkpoint as ckpt
 from keras_pd import distribute
-from keras_pd.data import BatchStream, load_dataset
-from keras_pd.diffusion import DiffusionModel
+from keras_pd.checks import check_positive_int
+from keras_pd.data import load_dataset
+from keras_pd.diffusion import rebuild
 from keras_pd.guidance import check_guidance_range, sample_guidance
-from keras_pd.guided_distillation import (GuidanceDistillationModel, guided_student,
-                                          teacher_student_from_config)
+from keras_pd.guided_distillation import GuidanceDistillationModel, guided_student
+from keras_pd.objectives import TeacherStudentObjective
 from keras_pd.parameterization import prediction_from_x
+from keras_pd.replicas import replica_rows
+from keras_pd.runs import make_optimizer, resume_and_fit
 from keras_pd.samplers import ddim_step
 from keras_pd.schedules import alpha_sigma, check_steps, expand_to
-from keras_pd.training import RunCallback, fit_steps, make_optimizer, sample_grid
-from keras_pd.weighting import check_weighting, weighted_loss
+from keras_pd.weighting import check_weighting
+
+#: The paper's recipe: the rounds to 2 and 1 step get twice the updates of the others
+#: (REFERENCE 5: 100k instead of 50k).
+FINAL_ROUNDS_FACTOR = 2
 
 
 def check_power_of_two(n, name):
@@ -56,38 +62,47 @@ def distillation_target(teacher_denoise, z_t, t, num_student_steps, logsnr_fn):
         (x_tilde, z_t''), where z_t'' is the teacher's two-step result (its x_hat at the last step).
     """
     n = float(num_student_steps)
-    t1, t2 = t - 0.5 / n, t - 1.0 / n
-    lam_t, lam_1, lam_2 = logsnr_fn(t), logsnr_fn(t1), logsnr_fn(t2)
+    t_prime, t_dprime = t - 0.5 / n, t - 1.0 / n
+    lam_t, lam_prime, lam_dprime = logsnr_fn(t), logsnr_fn(t_prime), logsnr_fn(t_dprime)
     alpha_t, sigma_t = (expand_to(v, z_t) for v in alpha_sigma(lam_t))
-    alpha_1, sigma_1 = (expand_to(v, z_t) for v in alpha_sigma(lam_1))
-    alpha_2, sigma_2 = (expand_to(v, z_t) for v in alpha_sigma(lam_2))
-    z_1 = ddim_step(teacher_denoise(z_t, lam_t), alpha_1, sigma_1)
-    pred_1 = teacher_denoise(z_1, lam_1)
-    z_2 = ddim_step(pred_1, alpha_2, sigma_2)
-    ratio = sigma_2 / sigma_t
-    x_tilde = (z_2 - ratio * z_t) / (alpha_2 - ratio * alpha_t)
-    last = expand_to(ops.cast(t2 <= 0.0, "float32"), z_t)
-    x_tilde = last * pred_1.x + (1.0 - last) * x_tilde
-    z_2 = last * pred_1.x + (1.0 - last) * z_2
-    return ops.stop_gradient(x_tilde), ops.stop_gradient(z_2)
+    alpha_prime, sigma_prime = (expand_to(v, z_t) for v in alpha_sigma(lam_prime))
+    alpha_dprime, sigma_dprime = (expand_to(v, z_t) for v in alpha_sigma(lam_dprime))
+    z_prime = ddim_step(teacher_denoise(z_t, lam_t), alpha_prime, sigma_prime)  # z_t'
+    pred_prime = teacher_denoise(z_prime, lam_prime)
+    z_dprime = ddim_step(pred_prime, alpha_dprime, sigma_dprime)  # z_t''
+    ratio = sigma_dprime / sigma_t
+    x_tilde = (z_dprime - ratio * z_t) / (alpha_dprime - ratio * alpha_t)
+    # A select, not a blend: a NaN or Inf in the unused branch must not reach the target.
+    last = ops.reshape(ops.less_equal(t_dprime, 0.0), (-1,) + (1,) * (len(z_t.shape) - 1))
+    x_tilde = ops.where(last, pred_prime.x, x_tilde)
+    z_dprime = ops.where(last, pred_prime.x, z_dprime)
+    return ops.stop_gradient(x_tilde), ops.stop_gradient(z_dprime)
 
 
-def copy_model(model, dropout=None, dtype_policy=None):
-    """A DiffusionModel with the same config and weights (dropout, dtype policy overridden)."""
-    config = model.get_config()
-    if dropout is not None and "dropout" in config["network"].get("config", {}):
-        config["network"]["config"]["dropout"] = dropout
-    if dtype_policy is None:
-        copy = DiffusionModel.from_config(config)
-    else:
-        with distribute.dtype_policy(dtype_policy):
-            copy = DiffusionModel.from_config(distribute.with_dtype_policy(config, dtype_policy))
+def copy_model(model, dropout=None, dtype_policy=None, label_dropout=None):
+    """A DiffusionModel with the same config and weights (dropout, dtype policy and label
+    dropout overridden where given)."""
+    updates = {} if label_dropout is None else {"label_dropout": label_dropout}
+    copy = rebuild(model, dtype_policy,
+                   network_updates=None if dropout is None else {"dropout": dropout}, **updates)
     copy.set_weights(model.get_weights())
     return copy
 
 
+def distilled_student(teacher, dtype_policy=None):
+    """The student of a round, initialised as a copy of its teacher (Algorithm 2, step 1).
+
+    Dropout is off (REFERENCE 5). Label dropout is off too: a round distils the conditional
+    predictions only, so the student has no distilled null-label prediction, and classifier-
+    free guidance, which mixes the two, is refused on it (`DiffusionModel.guidable`). A student
+    that samples with guidance comes from guided distillation, which distils the guided
+    prediction itself (`guided_distillation`).
+    """
+    return copy_model(teacher, dropout=0.0, dtype_policy=dtype_policy, label_dropout=0.0)
+
+
 @keras.saving.register_keras_serializable(package="keras_pd")
-class DistillationModel(keras.Model):
+class DistillationModel(TeacherStudentObjective):
     """One distillation round: a frozen teacher for 2N steps, a trainable student for N steps.
 
     Trained with `compile()` + `fit(x)` (or `fit((x, labels))` when class-conditional);
@@ -107,82 +122,58 @@ class DistillationModel(keras.Model):
 
     def __init__(self, teacher, student, student_steps, weighting="truncated_snr", seed=None,
                  guidance_range=None, **kwargs):
-        super().__init__(**kwargs)
-        if tuple(teacher.data_shape) != tuple(student.data_shape):
-            raise ValueError("teacher and student must have the same data shape")
-        if teacher.num_classes != student.num_classes:
-            raise ValueError("teacher and student must have the same classes")
-        self.teacher = teacher
-        # True then False: a teacher deserialized with trainable=False can keep trainable
-        # sub-layers on the TensorFlow backend (REFERENCE 8); toggling re-propagates the flag.
-        self.teacher.trainable = True
-        self.teacher.trainable = False
-        self.student = student
+        super().__init__(teacher, student, weighting, seed, **kwargs)
         self.student_steps = check_steps(student_steps, "student_steps")
-        self.weighting = check_weighting(weighting)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
         if student.takes_guidance != teacher.takes_guidance:
             raise ValueError("teacher and student must both take guidance, or neither")
         if student.takes_guidance and guidance_range is None:
             raise ValueError("guided students need a guidance_range")
         self.guidance_range = (check_guidance_range(*guidance_range)
                                if student.takes_guidance else None)
-        self.built = True
 
-    def call(self, inputs, training=False):
-        return inputs
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Algorithm 2's loss for a batch x (labels y for class-conditional models)."""
-        x, rows = self.student.training_batch(x, training)
+    def draw_times(self, rows):
+        """The student's grid times t = i / N, i ~ U{1, ..., N} (Algorithm 2)."""
         n = self.student_steps
-        i = distribute.replica_rows(keras.random.randint((rows,), 1, n + 1,
-                                                         seed=self.seed_generator))
-        t = ops.cast(i, "float32") / float(n)
-        eps = distribute.replica_rows(
-            keras.random.normal((rows,) + self.student.data_shape, seed=self.seed_generator))
-        z_t, logsnr = self.student.noise(x, t, eps)
+        i = replica_rows(keras.random.randint((rows,), 1, n + 1, seed=self.seed_generator))
+        return ops.cast(i, "float32") / float(n)
+
+    def draw_conditioning(self, y, rows, training):
+        """The batch's labels, and for guided students w ~ U[w_min, w_max] per example."""
         labels = y if self.student.num_classes else None
-        w = None
-        if self.guidance_range is not None:
-            w = distribute.replica_rows(sample_guidance(rows, *self.guidance_range,
-                                                        seed=self.seed_generator))
+        if self.guidance_range is None:
+            return labels, None
+        return labels, replica_rows(sample_guidance(rows, *self.guidance_range,
+                                                    seed=self.seed_generator))
+
+    def target(self, x, eps, z_t, t, logsnr, labels, guidance):
+        """Algorithm 2's x_tilde from two teacher DDIM steps, with eps and v derived from it."""
 
         def teacher_denoise(z, lam):
             return self.teacher.denoise(z, lam, labels=labels, training=False, clip=False,
-                                        guidance=w)
+                                        guidance=guidance)
 
-        x_tilde, _ = distillation_target(teacher_denoise, z_t, t, n, self.student.logsnr)
-        alpha, sigma = (expand_to(v, x) for v in alpha_sigma(logsnr))
-        target = prediction_from_x(z_t, x_tilde, alpha, sigma)
-        prediction = self.student.denoise(z_t, logsnr, labels=labels, training=training,
-                                          guidance=w)
-        return distribute.scale_loss(ops.mean(weighted_loss(self.weighting, prediction, target)))
+        x_tilde, _ = distillation_target(teacher_denoise, z_t, t, self.student_steps,
+                                         self.student.logsnr)
+        return prediction_from_x(z_t, x_tilde, *(expand_to(v, x) for v in alpha_sigma(logsnr)))
 
     def get_config(self):
         config = super().get_config()
-        config.update(teacher=keras.saving.serialize_keras_object(self.teacher),
-                      student=keras.saving.serialize_keras_object(self.student),
-                      student_steps=self.student_steps, weighting=self.weighting, seed=self.seed,
+        config.update(student_steps=self.student_steps,
                       guidance_range=(None if self.guidance_range is None
                                       else list(self.guidance_range)))
         return config
 
-    @classmethod
-    def from_config(cls, config):
-        return teacher_student_from_config(cls, config)
-
 
 @dataclasses.dataclass
-class DistillConfig:
+class DistillConfig(distribute.ScaleOutConfig):
     """Settings of a distillation cascade; attributes mirror `apps.distill`'s flags.
 
     Attributes:
         teacher_steps: N0, the teacher's step count (None: its card's `sampling_steps`).
         end_steps: the last student's step count (None: one round, N0 / 2).
         updates_per_round: optimizer updates in each round.
-        final_rounds_factor: multiplies the updates of the rounds to 2 and 1 steps (paper: 2).
+        final_rounds_factor: multiplies the updates of the rounds to 2 and 1 steps (the
+            paper's 2 by default).
         learning_rate: Adam's rate at the start of each round, decayed linearly to 0.
         batch_size: examples per update.
         weighting: loss weighting.
@@ -199,7 +190,7 @@ class DistillConfig:
     teacher_steps: int | None = None
     end_steps: int | None = None
     updates_per_round: int = 2000
-    final_rounds_factor: int = 1
+    final_rounds_factor: int = FINAL_ROUNDS_FACTOR
     learning_rate: float = 3e-4
     batch_size: int = 128
     weighting: str = "truncated_snr"
@@ -208,13 +199,6 @@ class DistillConfig:
     checkpoint_every: int = 500
     grad_clip: float = 1.0
     data_dir: str | None = None
-    # Scale-out and precision (keras_pd.distribute; docs/scaling.md); batch_size is global.
-    distribution: str = "none"
-    coordinator_address: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-    tpu: str | None = None
-    dtype_policy: str = "float32"
     skip_nonfinite: bool = False
     guided: bool = False
     guidance_min: float = 0.0
@@ -243,10 +227,8 @@ def plan(cfg, teacher_card):
     end = check_power_of_two(cfg.end_steps if cfg.end_steps else n0 // 2, "end_steps")
     if end >= n0:
         raise ValueError(f"end_steps ({end}) must be below the teacher's steps ({n0})")
-    check_steps(cfg.updates_per_round, "updates_per_round")
-    check_steps(cfg.batch_size, "batch_size")
-    check_steps(cfg.checkpoint_every, "checkpoint_every")
-    check_steps(cfg.final_rounds_factor, "final_rounds_factor")
+    for name in ("updates_per_round", "batch_size", "checkpoint_every", "final_rounds_factor"):
+        check_positive_int(getattr(cfg, name), name)
     if cfg.learning_rate <= 0:
         raise ValueError(f"learning_rate must be positive, got {cfg.learning_rate}")
     check_weighting(cfg.weighting)
@@ -301,18 +283,19 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
             student = guided_student(teacher, dtype_policy=cfg.dtype_policy)
             model = GuidanceDistillationModel(teacher, student, guidance_range, cfg.weighting,
                                               seed=cfg.seed + round_index)
+            title = (f"round {round_index}: guided stage one: {student_steps} steps, w in "
+                     f"[{guidance_range[0]:g}, {guidance_range[1]:g}], {updates} updates")
         else:
-            student = copy_model(teacher, dropout=0.0, dtype_policy=cfg.dtype_policy)
+            student = distilled_student(teacher, dtype_policy=cfg.dtype_policy)
             model = DistillationModel(teacher, student, student_steps, cfg.weighting,
                                       seed=cfg.seed + round_index,
                                       guidance_range=guidance_range if teacher.takes_guidance
                                       else None)
+            title = (f"round {round_index}: {2 * student_steps} -> {student_steps} steps, "
+                     f"{updates} updates")
         optimizer = make_optimizer(cfg.learning_rate, decay_steps=updates,
                                    grad_clip=cfg.grad_clip,
                                    skip_nonfinite=cfg.skip_nonfinite)
-        model.compile(optimizer=engine.optimizer(optimizer), jit_compile=engine.jit_compile())
-        model.optimizer.build(model.trainable_variables)
-        manager = ckpt.CheckpointManager(os.path.join(out_dir, "checkpoints"))
         card = {k: teacher_card[k] for k in ("dataset", "data_shape", "num_classes", "preset",
                                              "parameterization", "schedule")
                 if k in teacher_card}
@@ -324,29 +307,12 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
                     complete=False, seed=cfg.seed, config=dataclasses.asdict(cfg))
         if student.takes_guidance:
             card["guidance_range"] = list(guidance_range)
-        state = manager.restore(model)
-        start = 0
-        if state is not None:
-            ckpt.restore_seed_states(model, state["seeds"])
-            card = dict(state["card"])
-            start = int(state["step"])
-        if start < updates:
-            if verbose:
-                what = (f"guided stage one: {student_steps} steps, w in [{guidance_range[0]:g}, "
-                        f"{guidance_range[1]:g}]" if guided_stage
-                        else f"{2 * student_steps} -> {student_steps} steps")
-                print(f"round {round_index}: {what}, updates {start}..{updates}")
-            run_cb = RunCallback(out_dir, card, start, updates, cfg.checkpoint_every,
-                                 sample_every=updates,
-                                 sample_fn=lambda m, p: sample_grid(m, p, student_steps,
-                                                                    seed=cfg.seed),
-                                 artifact=student, skip_nonfinite=cfg.skip_nonfinite)
-            y = dataset.y if student.num_classes else None
-            stream = BatchStream(dataset.x, y, cfg.batch_size, seed=cfg.seed + 1000 * round_index,
-                                 start_step=start)
-            fit_steps(model, engine, stream, start, updates, cfg.checkpoint_every, [run_cb],
-                      verbose)
-            card = run_cb.card
+        card, _ = resume_and_fit(
+            model, optimizer, out_dir, card, updates, engine=engine, x=dataset.x,
+            y=dataset.y if student.num_classes else None, batch_size=cfg.batch_size,
+            data_seed=cfg.seed + 1000 * round_index, checkpoint_every=cfg.checkpoint_every,
+            sample_every=updates, sample_steps=student_steps, sample_seed=cfg.seed,
+            artifact=student, skip_nonfinite=cfg.skip_nonfinite, title=title, verbose=verbose)
         card["complete"] = True
         return ckpt.save_model(out_dir, student, card)
 
@@ -373,7 +339,7 @@ def distill(teacher_dir, workdir, config=None, verbose=1):
     first_round = int(teacher_card.get("round", 0)) + 1
     if cfg.guided:
         check_guidance_range(cfg.guidance_min, cfg.guidance_max)
-        check_steps(cfg.guided_updates, "guided_updates")
+        check_positive_int(cfg.guided_updates, "guided_updates")
         previous = os.path.join(workdir, f"guided_{n0:04d}")
         card = distill_round(teacher_dir, previous, n0, cfg, first_round, dataset, verbose,
                              guided_stage=True)

@@ -12,8 +12,8 @@ Engines (`--distribution`):
 
 `--batch_size` is always the global batch. Training code stays one path: `Engine.scope()` wraps
 model building, compile and fit; `Engine.input(...)` turns the global-batch stream into what
-the engine feeds its replicas; inside a step, `replicas_in_step`, `replica_rows` and
-`scale_loss` make a per-replica `compute_loss` equal to the single-device one:
+the engine feeds its replicas; inside a step, `replicas.replicas_in_step`, `replica_rows` and
+`scale_loss` (a leaf module) make a per-replica `compute_loss` equal to the single-device one:
 
 * On JAX the step sees the global batch (sharded arrays), so nothing changes.
 * On TensorFlow each replica sees its rows of the global batch. Random draws are made for the
@@ -29,13 +29,39 @@ float32 (the model casts the network output; see `diffusion.DiffusionModel.denoi
 """
 
 import contextlib
+import dataclasses
 
 import keras
+
+from keras_pd.replicas import MAX_STEPS_PER_EXECUTION
 
 DISTRIBUTIONS = ("none", "data_parallel", "mirrored", "multi_worker", "tpu")
 _BACKEND_OF = {"data_parallel": "jax", "mirrored": "tensorflow", "multi_worker": "tensorflow",
                "tpu": "tensorflow"}
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclasses.dataclass
+class ScaleOutConfig:
+    """A run's scale-out and precision settings, shared by the teacher's and the distillation
+    configs (the apps' `--distribution` flags, `apps/scale_flags.py`). A run's `batch_size` is
+    the global batch.
+
+    Attributes:
+        distribution: one of DISTRIBUTIONS.
+        coordinator_address: JAX multi-host: host:port of process 0.
+        num_processes: JAX multi-host: number of processes.
+        process_id: JAX multi-host: this process's id.
+        tpu: TPUStrategy: the cluster-resolver address.
+        dtype_policy: one of DTYPE_POLICIES.
+    """
+
+    distribution: str = "none"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    tpu: str | None = None
+    dtype_policy: str = "float32"
 
 
 def _what_works(backend):
@@ -105,51 +131,6 @@ def with_dtype_policy(config, name):
 
 
 # ---------------------------------------------------------------------------------------------
-# Inside a training step (called from compute_loss; single device: identities).
-
-
-def _tf_replica_context():
-    if keras.backend.backend() != "tensorflow":
-        return None
-    import tensorflow as tf
-
-    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
-        return None
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return None
-    return ctx
-
-
-def replicas_in_step():
-    """How many replicas share this step's global batch (1 unless inside a tf.distribute step)."""
-    ctx = _tf_replica_context()
-    return 1 if ctx is None else int(ctx.num_replicas_in_sync)
-
-
-def replica_rows(values):
-    """This replica's rows of a tensor drawn for the global batch ([R * b, ...] -> [b, ...]).
-
-    Replica r holds rows r*b .. r*b+b-1 of the global batch (`Engine.input` feeds them so).
-    """
-    ctx = _tf_replica_context()
-    if ctx is None:
-        return values
-    import tensorflow as tf
-
-    n = ctx.num_replicas_in_sync
-    b = tf.shape(values)[0] // n
-    start = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * b
-    return values[start:start + b]
-
-
-def scale_loss(loss):
-    """Divides a replica's mean loss by the replica count (the optimizer sums over replicas)."""
-    n = replicas_in_step()
-    return loss if n == 1 else loss / float(n)
-
-
-# ---------------------------------------------------------------------------------------------
 # Engines.
 
 _ENGINES = {}
@@ -215,9 +196,9 @@ class Engine:
 
         TensorFlow on one device: True (XLA). Keras' "auto" turns XLA off for TensorFlow on
         CPU-only machines, where the train step then runs as a tf.function graph, op by op;
-        XLA fuses it and cut the digits_mlp step's CPU time by about 40% here
-        (docs/performance.md, "Backend gap"). Under a tf.distribute strategy, on JAX (jitted
-        anyway) and on torch (torch.compile was slower than eager here), Keras' "auto" stays.
+        XLA fuses it, which measured faster here (docs/performance.md, "Backend gap"). Under a
+        tf.distribute strategy, on JAX (jitted anyway) and on torch (where torch.compile
+        measured slower than eager), Keras' "auto" stays.
         """
         if keras.backend.backend() == "tensorflow" and self.strategy is None:
             return True
@@ -226,13 +207,11 @@ class Engine:
     def steps_per_execution_limit(self):
         """Most updates per compiled call for models trained under this engine.
 
-        One device on JAX or TensorFlow: `training.MAX_STEPS_PER_EXECUTION`. Under a
+        One device on JAX or TensorFlow: `replicas.MAX_STEPS_PER_EXECUTION`. Under a
         tf.distribute strategy Keras 3.15's multi-step function fails (MirroredStrategy,
         tests/test_distribution.py), and a keras.distribution mesh is left at Keras' default
         too: 1 there, as on torch, where Keras requires 1.
         """
-        from keras_pd.training import MAX_STEPS_PER_EXECUTION
-
         if (keras.backend.backend() == "torch" or self.strategy is not None
                 or self.distribution is not None):
             return 1

@@ -27,6 +27,7 @@ ROWS = ("distilled", "ddim", "ancestral", "teacher_full")
 ROW_LABELS = {"distilled": "distilled student (DDIM)", "ddim": "teacher, DDIM",
               "ancestral": "teacher, ancestral (best g)", "teacher_full": "teacher, full steps"}
 GAMMAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+METRICS = ("domain", "inception")
 
 
 def find_students(workdir):
@@ -55,8 +56,8 @@ class Scorer:
 
     def __init__(self, dataset, workdir, seed=0, metric="domain", inception_weights=None):
         self.dataset = dataset
-        if metric not in ("domain", "inception"):
-            raise ValueError(f"unknown metric {metric!r}; expected 'domain' or 'inception'")
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
         self.inception = None
         if metric == "inception":
             from keras_pd.metrics.inception import InceptionFeatures
@@ -125,7 +126,8 @@ def evaluate(workdir, teacher_dir=None, num_samples=1000, seed=0, gammas=GAMMAS,
         inception_weights: the Inception TorchScript file for metric="inception".
 
     Returns:
-        The results dict (also in workdir/results.json).
+        The results dict (also in workdir/results.json), plus the paths of the files written:
+        "markdown_path" (results.md) and "plot_path" (results.png).
     """
     teacher_dir = teacher_dir or os.path.join(workdir, "teacher")
     teacher, card = ckpt.load_model(teacher_dir)
@@ -176,9 +178,11 @@ def evaluate(workdir, teacher_dir=None, num_samples=1000, seed=0, gammas=GAMMAS,
                   lambda: _sample(teacher, noise, steps, labels, "ancestral", g, seed))
     results["table"] = table(results, gammas)
     ckpt.write_json(path, results)
-    write_markdown(os.path.join(workdir, "results.md"), results)
-    plot(os.path.join(workdir, "results.png"), results)
-    return results
+    markdown_path = os.path.join(workdir, "results.md")
+    plot_path = os.path.join(workdir, "results.png")
+    write_markdown(markdown_path, results)
+    plot(plot_path, results)
+    return dict(results, markdown_path=markdown_path, plot_path=plot_path)
 
 
 def table(results, gammas=GAMMAS):
@@ -266,7 +270,8 @@ def evaluate_guided(workdir, teacher_dir=None, guided_dir=None, ws=GUIDANCE_WEIG
         seed: seed of the noise.
 
     Returns:
-        The results dict.
+        The results dict (also in guided_results.json), plus "markdown_path", the path of
+        guided_results.md.
     """
     teacher_dir = teacher_dir or os.path.join(workdir, "teacher")
     teacher, card = ckpt.load_model(teacher_dir)
@@ -315,8 +320,9 @@ def evaluate_guided(workdir, teacher_dir=None, guided_dir=None, ws=GUIDANCE_WEIG
                 print(f"  {key}: FID {cell['metric']:.3g}, label accuracy "
                       f"{cell['label_accuracy']:.3f}", flush=True)
     ckpt.write_json(path, results)
-    write_guided_markdown(os.path.join(workdir, "guided_results.md"), results)
-    return results
+    markdown_path = os.path.join(workdir, "guided_results.md")
+    write_guided_markdown(markdown_path, results)
+    return dict(results, markdown_path=markdown_path)
 
 
 def write_guided_markdown(path, results):

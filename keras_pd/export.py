@@ -24,7 +24,8 @@ This is the project's one backend-aware module:
   jax2onnx on JAX (when installed). The graph's inputs and output are then renamed to the
   interface's names, so ONNX, SavedModel and LiteRT files are called the same way.
 
-TensorFlow is imported lazily, inside the functions that need it.
+TensorFlow is imported lazily, inside the functions that need it, through
+`keras_pd.tf_adapter` (after Keras, quietly).
 """
 
 import json
@@ -37,6 +38,7 @@ import keras
 
 from keras_pd import checkpoint as ckpt
 from keras_pd.schedules import check_steps
+from keras_pd.tf_adapter import has_tensorflow, import_tensorflow
 
 FORMATS = ("saved_model", "litert", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")
@@ -139,7 +141,7 @@ def _serving_fn(sampler, class_conditional, guidable=False):
 
 def _write_saved_model(model, sampler, path, batch_size):
     """Writes a SavedModel with one signature, SIGNATURE, from the TensorFlow or JAX backend."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     inputs, _ = interface(model, batch_size)
     signature = [tf.TensorSpec(spec["shape"], spec["dtype"], name=name)
@@ -159,7 +161,7 @@ def _write_saved_model(model, sampler, path, batch_size):
 
 def _convert_to_litert(saved_model_dir, quantize):
     """Converts a SavedModel's SIGNATURE to TFLite flatbuffer bytes, built-in ops only."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
                                                          signature_keys=[SIGNATURE])
@@ -248,7 +250,7 @@ def _interpreter(content):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # the LiteRT runtime ships with TensorFlow too
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         Interpreter = tf.lite.Interpreter
     return Interpreter(model_content=content)
@@ -427,7 +429,7 @@ def runtime_format():
     backend = keras.backend.backend()
     if backend == "tensorflow" or (backend == "torch" and _litert_torch_available()):
         return "litert", None
-    if backend == "jax" and not _missing_modules("tensorflow"):
+    if backend == "jax" and has_tensorflow():
         return "litert", None
     if backend in ONNX_PACKAGES and not _missing_modules(ONNX_PACKAGES[backend]):
         return "onnx", None
@@ -465,7 +467,7 @@ def measure_latency(path, runs=50, threads=2, warmup=3, seed=0):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
-            import tensorflow as tf
+            tf = import_tensorflow()
 
             Interpreter = tf.lite.Interpreter
         runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner(SIGNATURE)

@@ -41,9 +41,15 @@ def parse_labels(labels, num, num_classes):
     return values
 
 
+def output_paths(output):
+    """The files `generate` writes for an output prefix: (PREFIX.png, PREFIX.npz)."""
+    return output + ".png", output + ".npz"
+
+
 def generate(checkpoint, output, steps=None, sampler="ddim", gamma=0.0, num_samples=64, seed=0,
              noise_file=None, labels=None, batch_size=256, guidance=None, jit_compile=None):
-    """Samples a run directory's model and writes OUTPUT.png (grid) and OUTPUT.npz (`samples`).
+    """Samples a run directory's model and writes OUTPUT.png (grid) and OUTPUT.npz (`samples`,
+    and `labels` for a class-conditional model); `output_paths(output)` names the two files.
 
     Args:
         checkpoint: a run directory (teacher workdir or student directory).
@@ -59,7 +65,8 @@ def generate(checkpoint, output, steps=None, sampler="ddim", gamma=0.0, num_samp
         guidance: classifier-free guidance weight w (models trained with label dropout, and
             guided students); None: unguided.
         jit_compile: how the sampler compiles (`samplers.sampler_jit_compile`); True on
-            PyTorch runs torch.compile (minutes once, then faster calls).
+            PyTorch runs torch.compile: a one-time compilation, then faster calls (its cost
+            and gain: docs/performance.md, "Sampler compilation per backend").
 
     Returns:
         The samples, numpy [num, *data_shape] in [-1, 1].
@@ -89,9 +96,10 @@ def generate(checkpoint, output, steps=None, sampler="ddim", gamma=0.0, num_samp
                                 labels=None if lab is None else lab[i:i + batch_size],
                                 seed=seed, guidance=guidance, jit_compile=jit_compile))
     samples = np.concatenate(out)
+    png, npz = output_paths(output)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    save_grid_png(samples, output + ".png")
-    ckpt.atomic_write(output + ".npz", lambda tmp: _save_npz(tmp, samples, lab))
+    save_grid_png(samples, png)
+    ckpt.atomic_write(npz, lambda tmp: _save_npz(tmp, samples, lab))
     return samples
 
 

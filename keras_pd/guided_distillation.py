@@ -7,12 +7,12 @@ teacher (`guidance.py`) in one network call instead of two. Stage two is the ord
 import keras
 from keras import ops
 
-from keras_pd import distribute
-from keras_pd.diffusion import DiffusionModel
+from keras_pd.diffusion import rebuild
 from keras_pd.guidance import check_guidance_range, sample_guidance
+from keras_pd.objectives import TeacherStudentObjective
 from keras_pd.parameterization import prediction_from_x
+from keras_pd.replicas import replica_rows
 from keras_pd.schedules import alpha_sigma, expand_to
-from keras_pd.weighting import check_weighting, weighted_loss
 
 
 def guided_student(teacher, dtype_policy=None):
@@ -21,16 +21,11 @@ def guided_student(teacher, dtype_policy=None):
     teacher's conditional model for every w), dropout off."""
     if not teacher.num_classes:
         raise ValueError("guided distillation needs a class-conditional teacher")
-    config = teacher.get_config()
-    config["network"]["config"]["guidance"] = True
-    if "dropout" in config["network"]["config"]:
-        config["network"]["config"]["dropout"] = 0.0
-    config["label_dropout"] = 0.0
-    if dtype_policy is None:
-        student = DiffusionModel.from_config(config)
-    else:
-        with distribute.dtype_policy(dtype_policy):
-            student = DiffusionModel.from_config(distribute.with_dtype_policy(config, dtype_policy))
+    student = rebuild(teacher, dtype_policy, network_updates={"guidance": True, "dropout": 0.0},
+                      label_dropout=0.0)
+    if not student.takes_guidance:
+        raise ValueError("the teacher's network has no guidance input: it cannot be distilled "
+                         "into a guided student")
     # The w embedding is built last, so the teacher's weights are a prefix of the student's.
     extra = {id(v) for v in student.network.guidance_emb.weights}
     targets = [v for v in student.network.weights if id(v) not in extra]
@@ -43,16 +38,7 @@ def guided_student(teacher, dtype_policy=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_pd")
-def teacher_student_from_config(cls, config):
-    """`cls(**config)` with its serialized `teacher` and `student` models deserialized (the
-    `from_config` of both distillation models)."""
-    config = dict(config)
-    for key in ("teacher", "student"):
-        config[key] = keras.saving.deserialize_keras_object(config[key])
-    return cls(**config)
-
-
-class GuidanceDistillationModel(keras.Model):
+class GuidanceDistillationModel(TeacherStudentObjective):
     """Guided distillation, stage one (Meng et al., CVPR 2023): one call instead of two.
 
     The student (`guided_student`) takes w as input and learns the teacher's classifier-free-
@@ -69,45 +55,24 @@ class GuidanceDistillationModel(keras.Model):
 
     def __init__(self, teacher, student, guidance_range=(0.0, 4.0), weighting="truncated_snr",
                  seed=None, **kwargs):
-        super().__init__(**kwargs)
         if not student.takes_guidance:
             raise ValueError("the student must take guidance (see guided_student)")
-        self.teacher = teacher
-        self.teacher.trainable = True  # re-propagate the flag (see DistillationModel)
-        self.teacher.trainable = False
-        self.student = student
+        super().__init__(teacher, student, weighting, seed, **kwargs)
         self.guidance_range = check_guidance_range(*guidance_range)
-        self.weighting = check_weighting(weighting)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.built = True
 
-    def call(self, inputs, training=False):
-        return inputs
+    def draw_conditioning(self, y, rows, training):
+        """The batch's labels and w ~ U[w_min, w_max] per example."""
+        return y, replica_rows(sample_guidance(rows, *self.guidance_range,
+                                               seed=self.seed_generator))
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Weighted error between the student's x_hat(z_t, c, w) and the guided teacher's."""
-        x, rows = self.student.training_batch(x, training)
-        t = distribute.replica_rows(keras.random.uniform((rows,), seed=self.seed_generator))
-        eps = distribute.replica_rows(
-            keras.random.normal((rows,) + self.student.data_shape, seed=self.seed_generator))
-        w = distribute.replica_rows(sample_guidance(rows, *self.guidance_range,
-                                                    seed=self.seed_generator))
-        z_t, logsnr = self.student.noise(x, t, eps)
-        target = self.teacher.denoise(z_t, logsnr, labels=y, training=False, guidance=w)
-        target = prediction_from_x(z_t, ops.stop_gradient(target.x),
-                                   *(expand_to(v, x) for v in alpha_sigma(logsnr)))
-        prediction = self.student.denoise(z_t, logsnr, labels=y, training=training, guidance=w)
-        return distribute.scale_loss(ops.mean(weighted_loss(self.weighting, prediction, target)))
+    def target(self, x, eps, z_t, t, logsnr, labels, guidance):
+        """The guided teacher's x_hat_w, with eps and v derived from it."""
+        guided = self.teacher.denoise(z_t, logsnr, labels=labels, training=False,
+                                      guidance=guidance)
+        return prediction_from_x(z_t, ops.stop_gradient(guided.x),
+                                 *(expand_to(v, x) for v in alpha_sigma(logsnr)))
 
     def get_config(self):
         config = super().get_config()
-        config.update(teacher=keras.saving.serialize_keras_object(self.teacher),
-                      student=keras.saving.serialize_keras_object(self.student),
-                      guidance_range=list(self.guidance_range), weighting=self.weighting,
-                      seed=self.seed)
+        config.update(guidance_range=list(self.guidance_range))
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        return teacher_student_from_config(cls, config)

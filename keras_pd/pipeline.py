@@ -10,7 +10,7 @@ import os
 import time
 
 from keras_pd import checkpoint as ckpt
-from keras_pd.distillation import DistillConfig, distill
+from keras_pd.distillation import FINAL_ROUNDS_FACTOR, DistillConfig, distill
 from keras_pd.evaluation import evaluate, evaluate_guided, find_students
 from keras_pd.training import TrainConfig, train
 
@@ -47,7 +47,7 @@ class PipelineConfig:
     teacher_steps: int | None = None
     end_steps: int = 1
     updates_per_round: int = 2000
-    final_rounds_factor: int = 2
+    final_rounds_factor: int = FINAL_ROUNDS_FACTOR
     distill_learning_rate: float = 3e-4
     num_samples: int = 1000
     checkpoint_every: int = 1000
@@ -59,15 +59,26 @@ class PipelineConfig:
     guided_updates: int = 4000
 
 
+REPORT_NAME = "report.md"
+
 QUICK = dict(train_steps=200, teacher_steps=8, updates_per_round=20, num_samples=200,
              checkpoint_every=100, guided_updates=20)
 
 
+def default_workdir(config):
+    """runs/DATASET (':' as '_'), with a "_guided" suffix for the guided job."""
+    return f"runs/{config.dataset.replace(':', '_')}" + ("_guided" if config.guided else "")
+
+
 def run_pipeline(workdir, config=None, verbose=1):
-    """Runs (or resumes) the whole job in `workdir`; returns the evaluation results.
+    """Runs (or resumes) the whole job in `workdir`.
 
     Writes workdir/teacher, workdir/student_NNNN, results.{md,json,png}, grids/ and report.md.
     A second pipeline on the same workdir is refused (a lock) while this one runs.
+
+    Returns:
+        The evaluation results (`evaluation.evaluate`, or `evaluate_guided` for the guided
+        job), plus "report_path", the path of report.md.
     """
     config = config or PipelineConfig()
     _train_config(config).resolved()  # a bad dataset or preset fails before the workdir exists
@@ -117,8 +128,9 @@ def _run_pipeline(workdir, cfg, verbose):
         results = stage("evaluate", lambda: evaluate(workdir, teacher_dir, cfg.num_samples,
                                                      cfg.seed, verbose=verbose))
     exports = stage("export", lambda: export_students(workdir, cfg.export_max_steps, verbose))
-    (write_guided_report if cfg.guided else write_report)(workdir, cfg, results, timings, exports)
-    return results
+    report_path = (write_guided_report if cfg.guided else write_report)(
+        workdir, cfg, results, timings, exports)
+    return dict(results, report_path=report_path)
 
 
 def export_students(workdir, max_steps=8, verbose=1):
@@ -193,26 +205,42 @@ def guided_targets(results):
 
 
 def write_guided_report(workdir, cfg, results, timings, exports=None):
-    """report.md of the guided job: the guided table, the 4-step targets, exports, timings."""
-    lines = [open(os.path.join(workdir, "guided_results.md")).read(), "## 4-step targets", "",
+    """report.md of the guided job: the guided table, the 4-step targets, exports, timings.
+
+    `results` is `evaluate_guided`'s; returns the path of report.md.
+    """
+    lines = [_read(results["markdown_path"]), "## 4-step targets", "",
              "| w | student FID / teacher FID (<= 1.25) | student label acc. | teacher label acc. |",
              "|---|---|---|---|"]
     lines += [f"| {w:g} | {ratio:.2f} ({'met' if ratio <= 1.25 else 'missed'}) | {acc:.3f} | "
               f"{tacc:.3f} |" for w, ratio, acc, tacc in guided_targets(results)]
-    _write_tail(workdir, cfg, lines, timings, exports, "")
+    return _write_tail(workdir, cfg, lines, timings, exports, "")
 
 
 def write_report(workdir, cfg, results, timings, exports=None):
-    """report.md: the results table, the targets, the exported students, timings, provenance."""
-    lines = [open(os.path.join(workdir, "results.md")).read(), "## Targets", "",
+    """report.md: the results table, the targets, the exported students, timings, provenance.
+
+    `results` is `evaluate`'s; returns the path of report.md.
+    """
+    lines = [_read(results["markdown_path"]), "## Targets", "",
              "| target | measured | bound | met |", "|---|---|---|---|"]
     for name, value, bound, ok in targets(results, workdir):
         lines.append(f"| {name} | {value:.3g} | {bound:g} | {'yes' if ok else 'NO'} |")
-    _write_tail(workdir, cfg, lines, timings, exports, "![quality vs steps](results.png)")
+    figure = os.path.relpath(results["plot_path"], workdir)
+    return _write_tail(workdir, cfg, lines, timings, exports, f"![quality vs steps]({figure})")
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
 
 
 def _write_tail(workdir, cfg, lines, timings, exports, figure):
-    """Appends the exported files, the wall times and the provenance; writes report.md."""
+    """Appends the exported files, the wall times and the provenance; writes report.md.
+
+    Returns:
+        The path of report.md.
+    """
     import keras
 
     if exports is not None:
@@ -231,5 +259,6 @@ def _write_tail(workdir, cfg, lines, timings, exports, figure):
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()] + [f"| total | {total:.0f} |"]
     lines += ["", f"Backend {keras.backend.backend()}, keras {keras.__version__}; config "
               f"`{json.dumps(dataclasses.asdict(cfg))}`."] + (["", figure] if figure else [])
-    ckpt.atomic_write(os.path.join(workdir, "report.md"),
-                      lambda tmp: open(tmp, "w").write("\n".join(lines) + "\n"))
+    path = os.path.join(workdir, REPORT_NAME)
+    ckpt.atomic_write(path, lambda tmp: open(tmp, "w").write("\n".join(lines) + "\n"))
+    return path

@@ -122,8 +122,9 @@ def sample_loop(denoise, noise, num_steps, sampler="ddim", gamma=0.0, seed_gener
     Args:
         denoise: callable (z, logsnr [B]) -> Prediction, clipping already applied if wanted.
         noise: z_1, standard normal, [B, ...].
-        num_steps: N >= 1: a Python int, or a scalar int tensor, so that one compiled loop
-            (a while loop with a traced trip count) serves every N.
+        num_steps: N >= 1: an integer (Python or numpy, checked by `schedules.check_steps`),
+            or a scalar int backend tensor, so that one compiled loop (a while loop with a
+            traced trip count) serves every N; a tensor is not checked.
         sampler: "ddim" or "ancestral".
         gamma: the ancestral sampler's variance interpolation g: a float, or a [B] tensor.
         seed_generator: a keras.random.SeedGenerator (ancestral sampler only).
@@ -134,9 +135,12 @@ def sample_loop(denoise, noise, num_steps, sampler="ddim", gamma=0.0, seed_gener
     Returns:
         Samples, the shape of `noise`.
     """
-    dynamic = not isinstance(num_steps, int)
+    # Only a backend tensor (traced or not) is a dynamic trip count; every other integral value
+    # (Python or numpy integer, 0-d array, integral float: a step count read from a card) is
+    # validated, so that N = 0 is an error instead of NaN samples.
+    dynamic = ops.is_tensor(num_steps)
     if dynamic and unroll:
-        raise ValueError("unroll needs a Python int num_steps")
+        raise ValueError("unroll needs a fixed (non-tensor) integer num_steps")
     n = num_steps if dynamic else check_steps(num_steps)
     n_float = ops.cast(n, "float32")
     check_sampler(sampler)

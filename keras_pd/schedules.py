@@ -9,6 +9,8 @@ import math
 
 from keras import ops
 
+from keras_pd.checks import check_positive_int
+
 LOGSNR_MIN = -20.0
 LOGSNR_MAX = 20.0
 
@@ -46,19 +48,24 @@ def alpha_sigma(logsnr):
     return ops.sqrt(ops.sigmoid(logsnr)), ops.sqrt(ops.sigmoid(-logsnr))
 
 
-def network_time(logsnr):
+def network_time(logsnr, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX):
     """The time-like network input s = arctan(exp(-lambda / 2)) / (pi / 2) in [0, 1] (REFERENCE 1).
 
-    It is the untruncated cosine schedule's t for this lambda, so the network sees the same value
-    for the same noise level whatever schedule produced it.
+    lambda is first clipped to the schedule's range [logsnr_min, logsnr_max], as the authors'
+    code does (its inverse of the truncated cosine schedule), so a lambda outside the range the
+    network was trained on maps to the nearest trained input. Within the range, s is the
+    untruncated cosine schedule's t for this lambda, so the network sees the same value for the
+    same noise level whatever schedule produced it.
 
     Args:
         logsnr: lambda, any shape.
+        logsnr_min: the schedule's lowest lambda (at t = 1).
+        logsnr_max: the schedule's highest lambda (at t = 0).
 
     Returns:
         s, the shape of `logsnr`.
     """
-    logsnr = ops.convert_to_tensor(logsnr, "float32")
+    logsnr = ops.clip(ops.convert_to_tensor(logsnr, "float32"), logsnr_min, logsnr_max)
     return ops.arctan(ops.exp(-0.5 * logsnr)) / (math.pi / 2.0)
 
 
@@ -76,10 +83,11 @@ def step_times(num_steps):
 
 
 def check_steps(num_steps, name="num_steps"):
-    """Validates a step count: a positive integer.
+    """Validates a step count: a positive integer (`checks.check_positive_int`).
 
     Args:
-        num_steps: the value to check.
+        num_steps: the value to check: a Python or numpy integer, a 0-d integer array, or an
+            integral float.
         name: the argument's name for the error message.
 
     Returns:
@@ -88,9 +96,7 @@ def check_steps(num_steps, name="num_steps"):
     Raises:
         ValueError: naming the argument, when it is not a positive integer.
     """
-    if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"{name} must be a positive integer, got {num_steps!r}")
-    return int(num_steps)
+    return check_positive_int(num_steps, name)
 
 
 def expand_to(a, x):

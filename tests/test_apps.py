@@ -31,6 +31,84 @@ TINY = ["--dataset=toy2d", "--batch_size=64", "--warmup_steps=10", "--sampling_s
         "--checkpoint_every=20", "--sample_every=40"]
 
 
+# Runs `python -m MODULE FLAGS...` (or `-c CODE`) in-process under an import hook, then prints
+# one line: whether TensorFlow got imported, and whether Keras was loaded when it first was.
+IMPORT_PROBE = r"""
+import atexit, importlib.abc, json, runpy, sys
+first = []
+class Probe(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" and not first:
+            first.append({"keras": "keras" in sys.modules,
+                          "keras_torch_backend": "keras.src.backend.torch" in sys.modules})
+        return None
+sys.meta_path.insert(0, Probe())
+atexit.register(lambda: print("IMPORTS " + json.dumps(
+    {"tensorflow": "tensorflow" in sys.modules, "first": first[0] if first else None}),
+    flush=True))
+if sys.argv[1] == "-c":
+    exec(sys.argv[2])
+else:
+    sys.argv = sys.argv[1:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def probe_imports(backend, module, *flags):
+    """(exit code, {"tensorflow": imported?, "first": state at TF's first import or None})."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
+    if backend == "torch":
+        env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "1")
+    proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE, module, *flags], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("IMPORTS ")]
+    assert lines, f"{module} on {backend} ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc.returncode, json.loads(lines[-1][len("IMPORTS "):])
+
+
+def _backend():
+    import keras
+
+    return keras.backend.backend()
+
+
+# Runs subprocesses on named backends: one pass of tools/run_tests.sh is enough.
+backend_independent = pytest.mark.skipif(
+    _backend() != "jax", reason="backend-independent: runs on the jax pass only")
+
+
+@backend_independent
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_apps_do_not_import_tensorflow_on_jax_and_torch(backend):
+    # Under torch, TensorFlow imported before Keras segfaults a default install (torch with
+    # triton: keras_pd/tf_adapter.py); apps.common imported it first on every backend.
+    code, imports = probe_imports(backend, "apps.sample", "--help")
+    assert code in (0, 1) and not imports["tensorflow"], imports
+
+
+@backend_independent
+def test_tensorflow_comes_after_keras_under_torch(tmp_path):
+    # A training run imports TensorFlow for the TensorBoard writer where it is installed.
+    code, imports = probe_imports("torch", "apps.train", f"--workdir={tmp_path}/run",
+                                  "--train_steps=20", *TINY)
+    assert code == 0 and card(f"{tmp_path}/run")["steps_trained"] == 20
+    if imports["tensorflow"]:
+        assert imports["first"] == {"keras": True, "keras_torch_backend": True}, imports
+
+
+@backend_independent
+def test_tfds_loading_imports_tensorflow_after_keras_under_torch(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    code, imports = probe_imports("torch", "-c", (
+        "from keras_pd import data\n"
+        "try:\n"
+        f"    data.load_dataset('tfds:no_such_tfds_set', data_dir={str(tmp_path)!r})\n"
+        "except data.DatasetError as e:\n"
+        "    print('DatasetError', e)\n"))
+    assert code == 0 and imports["tensorflow"]
+    assert imports["first"] == {"keras": True, "keras_torch_backend": True}, imports
+
+
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("apps") / "teacher")
@@ -45,6 +123,19 @@ def test_train_writes_model_card_samples_and_logs(tiny_teacher):
     for name in ("model.keras", "log.csv", "samples/step_00000040.png"):
         assert os.path.exists(os.path.join(tiny_teacher, name)), name
     assert not [f for f in os.listdir(tiny_teacher) if f.startswith(".tmp")]
+
+
+def test_train_with_sample_every_zero_writes_no_grids(tmp_path):
+    workdir = str(tmp_path / "run")
+    flags = [f for f in TINY if not f.startswith("--sample_every")]
+    proc = run_app("train", f"--workdir={workdir}", "--train_steps=40", "--sample_every=0",
+                   *flags)
+    assert proc.returncode == 0
+    c = card(workdir)
+    assert c["steps_trained"] == 40 and c["config"]["sample_every"] == 0
+    assert os.path.exists(os.path.join(workdir, "model.keras"))
+    samples = os.path.join(workdir, "samples")
+    assert not os.path.isdir(samples) or not os.listdir(samples)
 
 
 def test_sample_app_is_reproducible_from_a_noise_file_compiled_or_not(tiny_teacher, tmp_path):
@@ -97,6 +188,16 @@ def test_distill_app_cascade_and_sampling(tiny_teacher, tmp_path):
     run_app("sample", f"--checkpoint={out}/student_0002", f"--output={tmp_path}/s",
             "--num_samples=5")
     assert np.load(tmp_path / "s.npz")["samples"].shape == (5, 2)
+
+
+@backend_independent
+def test_evaluate_app_prints_the_table_it_writes(tiny_teacher, tmp_path):
+    proc = run_app("evaluate", f"--workdir={tmp_path}", f"--teacher={tiny_teacher}",
+                   "--num_samples=50")
+    with open(tmp_path / "results.md") as f:
+        table = f.read()
+    assert "| teacher, DDIM |" in table and table.strip() in proc.stdout
+    assert os.path.exists(tmp_path / "results.png")
 
 
 # Bad input (wrong flags, files, directories): tests/test_reliability.py, one test per row of

@@ -7,7 +7,7 @@ import pytest
 from keras import ops
 
 from keras_pd import parameterization as P
-from keras_pd import samplers, schedules, weighting
+from keras_pd import checks, samplers, schedules, weighting
 
 
 def np_(x):
@@ -68,6 +68,21 @@ def test_parameterization_round_trips(rng):
     # (x, eps) with both halves exact gives x exactly: sigma^2 x + alpha^2 x = x.
     pred = P.predict("both", np.concatenate([x, eps], -1), z, a, s)
     np.testing.assert_allclose(np_(pred.x), x, atol=2e-5)
+    # Any weights summing to 1 pass that; perturbed halves pin the formula down (REFERENCE 2):
+    # x_hat = sigma^2 x_tilde + alpha (z - sigma eps_tilde), then eps_hat = (z - alpha x_hat)
+    # / sigma recomputed from x_hat (not eps_tilde), and v_hat = alpha eps_hat - sigma x_hat.
+    x_tilde = (x + 0.3 * rng.standard_normal(x.shape)).astype(np.float32)
+    eps_tilde = (eps + 0.3 * rng.standard_normal(eps.shape)).astype(np.float32)
+    a64, s64, z64 = (v.astype(np.float64) for v in (a, s, z))
+    want_x = s64**2 * x_tilde + a64 * (z64 - s64 * eps_tilde)
+    want_eps = (z64 - a64 * want_x) / s64
+    pred = P.predict("both", np.concatenate([x_tilde, eps_tilde], -1), z, a, s)
+    np.testing.assert_allclose(np_(pred.x), want_x, atol=2e-5)
+    ok = s[:, 0] > 1e-2  # eps_hat divides by sigma
+    np.testing.assert_allclose(np_(pred.eps)[ok], want_eps[ok], atol=1e-4)
+    np.testing.assert_allclose(np_(pred.v)[ok], (a64 * want_eps - s64 * want_x)[ok], atol=1e-4)
+    # The perturbation shows in both: x_hat is not x, eps_hat is not eps_tilde.
+    assert np.abs(want_x - x).max() > 0.1 and np.abs(want_eps - eps_tilde)[ok].max() > 0.1
 
 
 def test_clipping_recomputes_eps_from_clipped_x(rng):
@@ -115,10 +130,33 @@ def test_ancestral_step_with_true_x_keeps_forward_marginal(rng):
     se = s_s / math.sqrt(n)
     assert abs(z_s.mean() - a_s * 0.6) < 5 * se
     assert abs(z_s.std() - s_s) < 5 * s_s / math.sqrt(2 * n)
-    # g = 1 adds more noise than g = 0 (sigma_t > sigma_s).
-    z_big = np_(samplers.ancestral_step(pred, z_t, lt, ls, np.ones((n, 1), np.float32), 1.0))
-    z_small = np_(samplers.ancestral_step(pred, z_t, lt, ls, np.ones((n, 1), np.float32), 0.0))
-    assert np.all(z_big > z_small)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
+def test_ancestral_step_mean_and_variance_are_reference_4(rng, gamma):
+    # Per example: r = exp(lambda_t - lambda_s); mean = r (alpha_s / alpha_t) z_t
+    # + (1 - r) alpha_s x_hat; std = sqrt(var_small^(1 - g) var_large^g) with
+    # var_small = (1 - r) sigma_s^2, var_large = (1 - r) sigma_t^2, in float64 numpy.
+    n, d = 32, 3
+    lt = rng.uniform(-8.0, 6.0, (n, 1))
+    ls = lt + rng.uniform(0.2, 4.0, (n, 1))
+    a_t, s_t = np.sqrt(1 / (1 + np.exp(-lt))), np.sqrt(1 / (1 + np.exp(lt)))
+    a_s, s_s = np.sqrt(1 / (1 + np.exp(-ls))), np.sqrt(1 / (1 + np.exp(ls)))
+    z_t = rng.standard_normal((n, d)).astype(np.float32)
+    x_hat = rng.uniform(-1, 1, (n, d)).astype(np.float32)
+    noise = rng.standard_normal((n, d)).astype(np.float32)
+    f32 = [v.astype(np.float32) for v in (a_t, s_t, lt, ls)]
+    pred = P.prediction_from_x(z_t, x_hat, f32[0], f32[1])
+    r = np.exp(lt - ls)
+    mean = r * (a_s / a_t) * z_t + (1 - r) * a_s * x_hat
+    std = np.sqrt(((1 - r) * s_s**2) ** (1 - gamma) * ((1 - r) * s_t**2) ** gamma)
+    got = np_(samplers.ancestral_step(pred, z_t, f32[2], f32[3], noise, gamma))
+    np.testing.assert_allclose(got, mean + std * noise, rtol=1e-5, atol=1e-5)
+    at_mean = np_(samplers.ancestral_step(pred, z_t, f32[2], f32[3], 0 * noise, gamma))
+    np.testing.assert_allclose(at_mean, mean, rtol=1e-5, atol=1e-6)
+    # var_small and var_large differ by far more than the tolerance for many examples, so a
+    # wrong g (or swapped sigma_s / sigma_t) shows.
+    assert np.sum(s_t / s_s > 1.5) > n // 4
 
 
 @pytest.mark.parametrize("name", weighting.WEIGHTINGS)
@@ -136,3 +174,75 @@ def test_weighted_loss_equals_x_space_weight(rng, name):
     w = {"snr": snr, "truncated_snr": np.maximum(snr, 1), "snr_plus_one": snr + 1,
          "constant": np.ones_like(snr)}[name]
     np.testing.assert_allclose(np_(weighting.loss_weight(name, lam)), w, rtol=1e-5)
+
+
+# -- step counts of every integral type (issue 17) ---------------------------------------------
+
+@pytest.mark.parametrize("value,want", [
+    (4, 4), (np.int64(4), 4), (np.int32(1), 1), (np.uint8(7), 7), (np.array(4), 4),
+    (np.array(3, np.int16), 3), (4.0, 4), (np.float32(8.0), 8), (np.array(2.0), 2),
+])
+def test_check_positive_int_accepts_every_integral_type(value, want):
+    got = checks.check_positive_int(value, "count")
+    assert got == want and type(got) is int
+    assert schedules.check_steps(value) == want
+
+
+@pytest.mark.parametrize("value", [
+    0, -3, np.int64(0), np.int32(-1), np.array(0), 2.5, np.float32(0.5), float("nan"),
+    float("inf"), True, False, np.bool_(True), np.array(True), "4", b"4", None, [4],
+    np.array([4]), np.zeros((2, 3), np.int64),
+])
+def test_check_positive_int_rejects_with_one_line_naming_the_argument(value):
+    with pytest.raises(ValueError, match="^my_count must be a positive integer") as info:
+        checks.check_positive_int(value, "my_count")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="^num_steps must be a positive integer"):
+        schedules.check_steps(value)
+
+
+def _tanh_denoise(z, logsnr):
+    # A fixed nonlinear denoiser: the samples depend on every step taken.
+    alpha, sigma = (ops.reshape(v, (-1, 1)) for v in schedules.alpha_sigma(logsnr))
+    return P.prediction_from_x(z, 0.9 * ops.tanh(2.0 * z), alpha, sigma)
+
+
+def test_sample_loop_checks_numpy_step_counts():
+    # A step count read from a card or a numpy computation (numpy.int64) is a fixed N like a
+    # Python int: checked (numpy.int64(0) used to run as a traced count and return NaN
+    # silently) and run as N steps.
+    noise = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    for bad in (np.int64(0), np.int32(-2), np.array(0), np.float64(2.5), np.bool_(True)):
+        with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+            samplers.sample_loop(_tanh_denoise, noise, bad)
+    want = np_(samplers.sample_loop(_tanh_denoise, noise, 4))
+    assert np.all(np.isfinite(want))
+    assert np.abs(np_(samplers.sample_loop(_tanh_denoise, noise, 3)) - want).max() > 1e-3
+    for steps in (np.int64(4), np.int32(4), np.array(4), 4.0):
+        np.testing.assert_allclose(np_(samplers.sample_loop(_tanh_denoise, noise, steps)),
+                                   want, rtol=1e-6, atol=1e-6)
+    unrolled = samplers.sample_loop(_tanh_denoise, noise, np.int64(4), unroll=True)
+    np.testing.assert_allclose(np_(unrolled), want, rtol=1e-5, atol=1e-6)
+    # A backend tensor stays a dynamic trip count (one compiled loop for every N).
+    dynamic = samplers.sample_loop(_tanh_denoise, noise, ops.convert_to_tensor(4, "int32"))
+    np.testing.assert_allclose(np_(dynamic), want, rtol=1e-5, atol=1e-6)
+
+
+# -- the network time, clipped to the schedule's range (issue 17) ------------------------------
+
+def _np_network_time(lam, lo, hi):
+    return np.arctan(np.exp(-0.5 * np.clip(lam, lo, hi))) / (np.pi / 2)
+
+
+def test_network_time_clips_lambda_to_the_schedule_range():
+    lam = np.array([-40.0, -25.0, -20.0, -7.5, -5.0, -1.0, 0.0, 2.0, 3.0, 3.5, 20.0, 33.0])
+    got = np_(schedules.network_time(lam.astype(np.float32), -5.0, 3.0))
+    want = _np_network_time(lam, -5.0, 3.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    # Outside [-5, 3] the value is the end's: the network never sees an untrained time.
+    assert np.all(got[:5] == got[4]) and np.all(got[-3:] == got[-3])
+    assert got[4] < 0.99 and got[-3] > 0.1
+    # The defaults are the truncated cosine schedule's range, [-20, 20].
+    np.testing.assert_allclose(np_(schedules.network_time(lam.astype(np.float32))),
+                               _np_network_time(lam, -20.0, 20.0), rtol=1e-6, atol=1e-7)
+    assert schedules.LOGSNR_MIN == -20.0 and schedules.LOGSNR_MAX == 20.0

@@ -68,6 +68,26 @@ def test_saved_model_keeps_parameterization_and_outputs(tmp_path):
         ckpt.load_model(str(tmp_path))
 
 
+def test_network_time_stays_in_the_schedules_range():
+    """A model with lambda in [-8, 6] feeds its network the time of the clipped lambda (as the
+    authors' code clips to its schedule's range), so a lambda beyond the range (as another
+    schedule's grid can ask for) gives the prediction at the range's end, not an input the
+    network never saw. The x parameterization returns the network's output unchanged."""
+    model = DiffusionModel(MLPDenoiser(2, width=16, num_blocks=1), (2,), "x",
+                           logsnr_min=-8.0, logsnr_max=6.0)
+    rng = np.random.default_rng(0)
+    model.set_weights([w + rng.normal(0, 0.3, w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    z = rng.standard_normal((4, 2)).astype("float32")
+
+    def x_hat(lam):
+        return keras.ops.convert_to_numpy(model.denoise(z, np.full(4, lam, "float32")).x)
+
+    np.testing.assert_allclose(x_hat(-15.0), x_hat(-8.0), rtol=1e-6)
+    np.testing.assert_allclose(x_hat(12.0), x_hat(6.0), rtol=1e-6)
+    assert np.abs(x_hat(-7.0) - x_hat(-8.0)).max() > 1e-4  # inside the range it still moves
+
+
 def test_bad_arguments_name_the_argument():
     net = MLPDenoiser(2, width=8, num_blocks=1)
     with pytest.raises(ValueError, match="parameterization"):
@@ -163,3 +183,53 @@ def test_flip_augmentation_mirrors_horizontally():
         assert np.array_equal(o, img[0]) or np.array_equal(o, img[0, :, ::-1])
     assert any(np.array_equal(o, img[0, :, ::-1]) for o in outs)
     assert any(np.array_equal(o, img[0]) for o in outs)
+
+
+def _np_truncated_cosine_logsnr(t, logsnr_min, logsnr_max):
+    b = np.arctan(np.exp(-0.5 * logsnr_max))
+    a = np.arctan(np.exp(-0.5 * logsnr_min)) - b
+    return -2.0 * np.log(np.tan(a * t + b))
+
+
+@pytest.mark.parametrize("weighting", ["snr", "truncated_snr", "snr_plus_one", "constant"])
+@pytest.mark.parametrize("parameterization,logsnr_range", [
+    ("eps", (-20.0, 20.0)), ("x", (-20.0, 20.0)), ("v", (-12.0, 9.0)), ("both", (-20.0, 20.0))])
+def test_compute_loss_matches_numpy(weighting, parameterization, logsnr_range):
+    """`compute_loss` of a teacher equals the loss written out in float64 numpy from the same
+    draws (t ~ U[0, 1] then eps ~ N(0, I) from the model's SeedGenerator, REFERENCE 6) in the
+    x-space form of REFERENCE 3: mean over examples of w(lambda_t) ||x - x_hat||^2 / D with
+    w = SNR, max(SNR, 1), SNR + 1 or 1, and x_hat from the network's raw output (REFERENCE 2)."""
+    rows, dim = 64, 3
+    out = 2 * dim if parameterization == "both" else dim
+    model = DiffusionModel(MLPDenoiser(out, width=16, num_blocks=1), (dim,), parameterization,
+                           weighting, logsnr_min=logsnr_range[0], logsnr_max=logsnr_range[1],
+                           seed=11)
+    rng = np.random.default_rng(2)
+    model.set_weights([w + rng.normal(0, 0.3, w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    x = rng.uniform(-1, 1, (rows, dim)).astype("float32")
+    state = keras.ops.convert_to_numpy(model.seed_generator.state.value)
+    loss = float(keras.ops.convert_to_numpy(model.compute_loss(x)))
+    # The same draws from a generator at the same state, in the model's order.
+    draws = keras.random.SeedGenerator(0)
+    draws.state.assign(state)
+    t = keras.ops.convert_to_numpy(keras.random.uniform((rows,), seed=draws)).astype(np.float64)
+    eps = keras.ops.convert_to_numpy(keras.random.normal((rows, dim), seed=draws))
+    eps = eps.astype(np.float64)
+    lam = _np_truncated_cosine_logsnr(t, *logsnr_range)[:, None]
+    alpha, sigma = np.sqrt(1 / (1 + np.exp(-lam))), np.sqrt(1 / (1 + np.exp(lam)))
+    z = alpha * x + sigma * eps
+    s = np.arctan(np.exp(-0.5 * lam[:, 0])) / (np.pi / 2)
+    raw = keras.ops.convert_to_numpy(model.network(z.astype("float32"), s.astype("float32"),
+                                                   training=False)).astype(np.float64)
+    x_hat = {"x": lambda: raw,
+             "eps": lambda: (z - sigma * raw) / alpha,
+             "v": lambda: alpha * z - sigma * raw,
+             "both": lambda: sigma**2 * raw[:, :dim] + alpha * (z - sigma * raw[:, dim:])
+             }[parameterization]()
+    snr = np.exp(lam[:, 0])
+    w = {"snr": snr, "truncated_snr": np.maximum(snr, 1.0), "snr_plus_one": snr + 1.0,
+         "constant": np.ones_like(snr)}[weighting]
+    want = float(np.mean(w * np.mean((x - x_hat) ** 2, axis=1)))
+    assert np.isfinite(want) and want > 0
+    np.testing.assert_allclose(loss, want, rtol=2e-4)

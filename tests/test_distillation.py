@@ -76,6 +76,44 @@ def test_one_student_step_on_target_reproduces_two_teacher_steps(parameterizatio
     np.testing.assert_allclose(x_tilde[last], x_hat(z1, t1)[last], atol=1e-4)
 
 
+def test_last_step_target_ignores_a_nan_in_the_unused_branch():
+    """At the last step (t'' = 0) the target is the teacher's x_hat at t' (a select): a
+    non-finite second DDIM step, which that branch does not use, must not reach it."""
+    from keras_pd.parameterization import Prediction
+
+    n = 4
+    t = ops.convert_to_tensor(np.float32([1 / n, 1 / n]))
+    z_t = np.random.default_rng(3).standard_normal((2, 2)).astype("float32")
+    lam_t, lam_prime = ops.convert_to_numpy(logsnr_cosine(np.float32([1 / n, 0.5 / n])))
+
+    def denoise(z, lam):  # x_hat = z / 2; eps = 0 at t, NaN at t' (so z_t'' is NaN)
+        x = ops.convert_to_tensor(z) * 0.5
+        bad = ops.reshape(ops.greater(lam, 0.5 * (lam_t + lam_prime)), (-1, 1))
+        eps = ops.where(bad, ops.full_like(x, np.nan), ops.zeros_like(x))
+        return Prediction(x, eps, x)
+
+    x_tilde, z_dprime = distillation_target(denoise, z_t, t, n, logsnr_cosine)
+    x_tilde, z_dprime = ops.convert_to_numpy(x_tilde), ops.convert_to_numpy(z_dprime)
+    # z_t' = alpha_t' x_hat(z_t) = alpha_t' z_t / 2, and the target x_hat(z_t') = z_t' / 2.
+    alpha_prime = _alpha_sigma(np.float64(0.5 / n))[0]
+    np.testing.assert_allclose(x_tilde, 0.25 * alpha_prime * z_t, rtol=1e-5)
+    np.testing.assert_allclose(z_dprime, x_tilde)
+
+
+def test_one_recipe_for_app_pipeline_and_library():
+    """apps.distill, apps.pipeline and DistillConfig run the paper's recipe: the rounds to 2
+    and 1 step get twice the updates (REFERENCE 5: 100k vs 50k)."""
+    from keras_pd.distillation import round_updates
+    from keras_pd.pipeline import PipelineConfig
+
+    cfg = DistillConfig(updates_per_round=50)
+    assert [round_updates(cfg, s) for s in (8, 4, 2, 1)] == [50, 50, 100, 100]
+    assert PipelineConfig().final_rounds_factor == cfg.final_rounds_factor
+    from apps import distill as distill_app
+
+    assert distill_app.FLAGS["final_rounds_factor"].default == cfg.final_rounds_factor
+
+
 def test_plan_and_bad_steps():
     assert plan(DistillConfig(end_steps=1), {"sampling_steps": 16}) == (16, [8, 4, 2, 1])
     assert plan(DistillConfig(), {"sampling_steps": 16}) == (16, [8])
@@ -146,3 +184,36 @@ def test_cascade_to_four_steps_tracks_the_teacher(toy_teacher_dir, tmp_path):
                     DistillConfig(end_steps=4, updates_per_round=200, checkpoint_every=200,
                                   learning_rate=1e-3, batch_size=256), verbose=0)
     assert again == done
+
+
+@pytest.mark.parametrize("n", [1, 4, 8])
+def test_student_time_grid_is_every_i_over_n_with_t_equal_to_one(n):
+    """The times a round trains its student at are exactly {i / N : i = 1..N} (REFERENCE 5:
+    i ~ U{1..N}): t = 1, where sampling starts, included and t = 0 never; seen through the
+    log-SNRs the student is called with over many rows, each grid time drawn about equally."""
+    teacher = _random_teacher("x")
+    student = copy_model(teacher)
+    model = DistillationModel(teacher, student, n, seed=0)
+    seen = []
+    denoise = student.denoise
+
+    def spy(z, logsnr, *args, **kwargs):
+        seen.append(ops.convert_to_numpy(logsnr).astype(np.float64))
+        return denoise(z, logsnr, *args, **kwargs)
+
+    student.denoise = spy
+    rows = 96 * n
+    x = np.random.default_rng(0).uniform(-1, 1, (rows, 2)).astype("float32")
+    assert np.isfinite(float(ops.convert_to_numpy(model.compute_loss(x, training=False))))
+    lam = np.concatenate(seen)
+    assert lam.shape == (rows,)
+    b = np.arctan(np.exp(-10.0))
+    grid = -2 * np.log(np.tan((np.arctan(np.exp(10.0)) - b) * np.arange(n + 1) / n + b))
+    nearest = np.argmin(np.abs(lam[:, None] - grid[None, :]), axis=1)  # index i of t = i / N
+    # float32 lambda at t = 1 (tan near pi / 2) is off by up to ~1e-2; for N <= 8 the grid's
+    # log-SNRs are >= 0.8 apart.
+    np.testing.assert_allclose(lam, grid[nearest], atol=2e-2)
+    counts = np.bincount(nearest, minlength=n + 1)
+    assert counts[0] == 0  # never t = 0
+    assert set(np.flatnonzero(counts)) == set(range(1, n + 1))  # every i, t = 1 included
+    assert counts[1:].min() > 0.5 * rows / n  # about uniform

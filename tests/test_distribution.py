@@ -134,7 +134,7 @@ def test_mixed_precision_trains_with_float32_variables_and_math(policy):
     from keras_pd import checkpoint as ckpt
     from keras_pd.data import BatchStream
     from keras_pd.distillation import copy_model
-    from keras_pd.training import make_optimizer
+    from keras_pd.runs import make_optimizer
 
     model, data = _perturbed_teacher(policy)
     compute = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[policy]

@@ -158,13 +158,118 @@ def test_stage_two_passes_w_to_teacher_and_student():
         DistillationModel(teacher, student, 2)
     with pytest.raises(ValueError, match="both take guidance"):
         DistillationModel(_model(seed=4), student, 2, guidance_range=(0, 1))
-    model = DistillationModel(teacher, student, 2, guidance_range=(1.0, 3.0), seed=0)
-    x = np.random.default_rng(0).uniform(-1, 1, (16,) + SHAPE).astype("float32")
-    y = np.zeros(16, "int32")
+    # Zero-initialised w embeddings would make w invisible: give teacher and student their own.
+    for net, seed in ((teacher.network, 10), (student.network, 11)):
+        r = np.random.default_rng(seed)
+        for v in net.guidance_emb.weights:
+            value = _np(v)
+            v.assign(value + 0.5 * r.standard_normal(value.shape).astype("float32"))
+    n, rows = 2, 64
+    model = DistillationModel(teacher, student, n, guidance_range=(1.0, 3.0), seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (rows,) + SHAPE).astype("float32")
+    y = rng.integers(0, K, rows).astype("int32")
+    calls = {"teacher": [], "student": []}
+    denoise = {"teacher": teacher.denoise, "student": student.denoise}
+
+    def spy(name):
+        def record(z, logsnr, *args, **kwargs):
+            w = kwargs.get("guidance")
+            calls[name].append((_np(z), _np(logsnr), None if w is None else _np(w)))
+            return denoise[name](z, logsnr, *args, **kwargs)
+        return record
+
+    teacher.denoise, student.denoise = spy("teacher"), spy("student")
     loss = float(_np(model.compute_loss(x, y, training=False)))
-    assert np.isfinite(loss) and loss >= 0
+    # One student call at (z_t, t) and two teacher calls (at t and t'), all with the same
+    # per-example w ~ U[1, 3].
+    assert len(calls["student"]) == 1 and len(calls["teacher"]) == 2
+    z_t, lam_t, w = calls["student"][0]
+    assert w is not None and w.shape == (rows,)
+    assert np.all((w >= 1.0) & (w <= 3.0)) and w.std() > 0.3
+    for _, _, w_teacher in calls["teacher"]:
+        np.testing.assert_array_equal(w_teacher, w)
+
+    # The loss by hand (REFERENCE 5): the teacher's two DDIM steps t -> t' -> t'' in float64,
+    # Algorithm 2's target (the teacher's x_hat at t' at the last step), truncated-SNR weight.
+    b = np.arctan(np.exp(-10.0))
+    a = np.arctan(np.exp(10.0)) - b
+
+    def lam_of(t):
+        return -2 * np.log(np.tan(a * t + b))
+
+    def alpha_sigma(t):
+        lam = lam_of(t)[:, None]
+        return np.sqrt(1 / (1 + np.exp(-lam))), np.sqrt(1 / (1 + np.exp(lam)))
+
+    grid = np.arange(1, n + 1) / n
+    t = grid[np.argmin(np.abs(lam_t[:, None] - lam_of(grid)[None]), axis=1)]
+    t1, t2 = t - 0.5 / n, t - 1.0 / n
+    (a_t, s_t), (a_1, s_1), (a_2, s_2) = alpha_sigma(t), alpha_sigma(t1), alpha_sigma(t2)
+    z = z_t.astype(np.float64)
+
+    def x_hat(name, z_in, lam, guidance):
+        pred = denoise[name](z_in.astype("float32"), lam.astype("float32"), y,
+                             guidance=guidance.astype("float32"))
+        return _np(pred.x).astype(np.float64)
+
+    def hand_loss(w_teacher, w_student):
+        x_0 = x_hat("teacher", z, lam_t, w_teacher)
+        z_1 = a_1 * x_0 + s_1 * (z - a_t * x_0) / s_t
+        x_1 = x_hat("teacher", z_1, lam_of(t1), w_teacher)
+        z_2 = a_2 * x_1 + s_2 * (z_1 - a_1 * x_1) / s_1
+        ratio = s_2 / s_t
+        target = np.where(t2[:, None] <= 0, x_1, (z_2 - ratio * z) / (a_2 - ratio * a_t))
+        weight = np.maximum(np.exp(lam_t.astype(np.float64)), 1.0)
+        return float(np.mean(weight * np.mean((target - x_hat("student", z, lam_t, w_student))
+                                              ** 2, axis=1)))
+
+    assert set(t) == {0.5, 1.0}  # both branches of the target are on the path
+    want = hand_loss(w, w)
+    np.testing.assert_allclose(loss, want, rtol=1e-4)
+    # w matters through each: the same loss with w = 0 in the teacher or in the student differs.
+    for other in (hand_loss(0 * w, w), hand_loss(w, 0 * w)):
+        assert abs(other - want) > 0.01 * want
     again = DistillationModel.from_config(model.get_config())
     assert again.guidance_range == (1.0, 3.0)
+
+
+def test_saved_stage_one_model_loads_by_name(tmp_path):
+    """GuidanceDistillationModel is registered: keras.saving.load_model restores it whole."""
+    teacher = _model(seed=5)
+    model = GuidanceDistillationModel(teacher, guided_student(teacher), (0.5, 2.0), seed=3)
+    path = str(tmp_path / "stage_one.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert type(loaded) is GuidanceDistillationModel
+    assert loaded.guidance_range == (0.5, 2.0) and loaded.student.takes_guidance
+    assert not loaded.teacher.trainable
+    rng = np.random.default_rng(6)
+    z = rng.standard_normal((4,) + SHAPE).astype("float32")
+    lam, labels, w = np.float32([-2, 0, 1, 3]), np.int32([0, 1, 2, 3]), np.float32([0, 1, 2, 3])
+    for a, b in ((model.student, loaded.student), (model.teacher, loaded.teacher)):
+        np.testing.assert_allclose(_np(b.denoise(z, lam, labels, guidance=w).x),
+                                   _np(a.denoise(z, lam, labels, guidance=w).x), rtol=1e-6)
+
+
+def test_plain_student_of_a_label_dropout_teacher_refuses_guidance():
+    """A plain round distils the conditional prediction only: guidance on its student would
+    mix it with an undistilled null-label prediction, so the student refuses it."""
+    from keras_pd.distillation import distilled_student
+
+    teacher = _model(label_dropout=0.2, seed=6)
+    assert teacher.guidable
+    student = distilled_student(teacher)
+    assert not student.guidable and student.label_dropout == 0.0
+    noise = np.random.default_rng(7).standard_normal((3,) + SHAPE).astype("float32")
+    labels = np.int32([0, 1, 2])
+    with pytest.raises(ValueError, match="--guided"):
+        student.sample(noise, 2, labels=labels, guidance=1.0)
+    with pytest.raises(ValueError, match="--guided"):
+        student.denoise(noise, np.zeros(3, "float32"), labels, guidance=np.ones(3, "float32"))
+    # Unguided, it is the teacher's copy (same weights, same conditional predictions).
+    np.testing.assert_allclose(student.sample(noise, 2, labels=labels),
+                               teacher.sample(noise, 2, labels=labels), rtol=1e-5, atol=1e-6)
 
 
 def test_guidance_range_is_checked():

@@ -1,4 +1,4 @@
-"""The training optimizer (training.make_optimizer) on every backend.
+"""The training optimizer (runs.make_optimizer) on every backend.
 
 On PyTorch its EMA and global-norm clipping are fused `_foreach` calls
 (keras_pd/torch_optimizer.py); they must give Keras' own per-variable results, so that runs
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from keras_pd.torch_optimizer import FusedTorchMixin
-from keras_pd.training import make_optimizer
+from keras_pd.runs import make_optimizer
 
 BACKEND = keras.backend.backend()
 SHAPES = [(3, 4), (4,), (2, 2, 5), ()]
@@ -58,7 +58,7 @@ def test_make_optimizer_equals_keras_adam_with_ema_and_clipping(clip):
 
 
 def test_steps_per_execution_divides_every_span():
-    from keras_pd.training import steps_per_execution
+    from keras_pd.runs import steps_per_execution
 
     cases = {(0, 20000, 1000): 10, (0, 2500, 1000): 10, (500, 2000, 1000): 10,
              (0, 7, 7): 7, (3, 20, 10): 1, (0, 24, 8): 8, (12, 36, 12): 6}

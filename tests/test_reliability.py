@@ -24,7 +24,8 @@ from keras_pd.distillation import (DistillConfig, DistillationModel, copy_model,
                                    plan)
 from keras_pd.generate import generate
 from keras_pd.nonfinite import skip_nonfinite_updates
-from keras_pd.training import TrainConfig, build_teacher, make_optimizer, train
+from keras_pd.runs import make_optimizer
+from keras_pd.training import TrainConfig, build_teacher, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = keras.backend.backend()
@@ -89,7 +90,7 @@ def test_nan_loss_stops_run_naming_step_and_keeps_last_good_checkpoint(tmp_path,
     workdir = str(tmp_path / "run")
     data = _toy2d_with_nan(15, TINY["batch_size"], TINY["seed"])
     monkeypatch.setattr("keras_pd.training.load_dataset", lambda *a, **k: data)
-    # JAX and TensorFlow run 10 updates per compiled call here (training.steps_per_execution):
+    # JAX and TensorFlow run 10 updates per compiled call here (runs.steps_per_execution):
     # the message names the group holding step 15; PyTorch runs one and names the step.
     where = r"at step 15\b" if BACKEND == "torch" else r"at one of steps 11-20\b"
     with pytest.raises(FloatingPointError, match=where):
@@ -565,7 +566,7 @@ class _Killed(Exception):
 def _run_killed_after(monkeypatch, step, fn):
     """Runs fn with the run stopped right after its checkpoint of `step`, then fn again (the
     rerun of the same command resumes from that checkpoint)."""
-    from keras_pd.training import RunCallback
+    from keras_pd.runs import RunCallback
 
     real = RunCallback.on_epoch_end
 
@@ -584,8 +585,7 @@ def _run_killed_after(monkeypatch, step, fn):
 @pytest.fixture
 def no_sample_grids(monkeypatch):
     """The sample grid at a run's end is not training state: skip its sampler compilation."""
-    monkeypatch.setattr("keras_pd.training.sample_grid", lambda *a, **k: None)
-    monkeypatch.setattr("keras_pd.distillation.sample_grid", lambda *a, **k: None)
+    monkeypatch.setattr("keras_pd.runs.sample_grid", lambda *a, **k: None)
 
 
 def _training_state(directory):

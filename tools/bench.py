@@ -161,7 +161,8 @@ def bench_preset(preset, args, peak_gflops, log, save=lambda result: None):
 
     from keras_pd.data import BatchStream
     from keras_pd.distillation import DistillationModel, DistillConfig, copy_model
-    from keras_pd.training import TrainConfig, build_teacher, make_optimizer
+    from keras_pd.runs import make_optimizer
+    from keras_pd.training import TrainConfig, build_teacher
 
     settings = dict(PRESET_SETTINGS.get(preset, PRESET_SETTINGS["digits"]))
     for key in ("batch_size", "train_steps", "distill_steps", "sample_batch"):

@@ -80,7 +80,8 @@ def _setup(preset, seed=0):
 
 
 def _teacher_model(cfg, data):
-    from keras_pd.training import build_teacher, make_optimizer
+    from keras_pd.runs import make_optimizer
+    from keras_pd.training import build_teacher
 
     model = build_teacher(cfg, data)
     model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
@@ -90,7 +91,8 @@ def _teacher_model(cfg, data):
 
 def _distill_model(cfg, data, seed=0):
     from keras_pd.distillation import DistillationModel, DistillConfig, copy_model
-    from keras_pd.training import build_teacher, make_optimizer
+    from keras_pd.runs import make_optimizer
+    from keras_pd.training import build_teacher
 
     dcfg = DistillConfig()
     teacher = build_teacher(cfg, data)  # frozen: no optimizer, no gradients

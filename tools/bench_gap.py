@@ -8,7 +8,7 @@ Configurations (each one a fresh subprocess per round; rounds alternate their or
 `jax`, `tensorflow` (Keras' default on a CPU-only machine: tf.function graph, no XLA),
 `tensorflow+jit` (`compile(jit_compile=True)`: XLA), `torch` (eager, one intra-op thread),
 `torch+2t` (two threads), `BACKEND+speK` (K updates per compiled call; without it, what
-`training.fit_steps` picks: 10 here on JAX and TensorFlow, 1 on torch), `torch+unfused` (Keras' own per-variable EMA and clipping instead of
+`runs.fit_steps` picks: 10 here on JAX and TensorFlow, 1 on torch), `torch+unfused` (Keras' own per-variable EMA and clipping instead of
 keras_pd.torch_optimizer's fused ones), `BACKEND+nhwc` (UNet presets computed channels-last,
 which is what torch did before the UNet picked channels-first there) and `torch+jit`
 (`jit_compile=True`: torch.compile). Each process trains the preset through the library's real
@@ -42,8 +42,8 @@ def worker(args):
 
         torch.set_num_threads(args.threads)
     from keras_pd.data import BatchStream, load_dataset
-    from keras_pd.training import (TrainConfig, build_teacher, make_optimizer,
-                                   steps_per_execution)
+    from keras_pd.runs import make_optimizer, steps_per_execution
+    from keras_pd.training import TrainConfig, build_teacher
 
     if args.nhwc:  # the UNet channels-last on every backend (its torch default is channels-first)
         from keras_pd.networks import presets
@@ -57,7 +57,7 @@ def worker(args):
     model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
                                            ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip),
                   jit_compile=True if args.jit else "auto")
-    # What training.fit_steps does (--spe=0), or a given number of updates per compiled call.
+    # What runs.fit_steps does (--spe=0), or a given number of updates per compiled call.
     model.steps_per_execution = args.spe or steps_per_execution(
         0, args.steps * (1 + args.epochs), args.steps)
     if args.unfused:  # back to Keras' own optimizer class (FusedTorchMixin is the first base)

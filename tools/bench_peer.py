@@ -135,7 +135,8 @@ def worker_keras(args):
 
         torch.set_num_threads(args.threads)
     from keras_pd.data import BatchStream, load_dataset
-    from keras_pd.training import TrainConfig, build_teacher, make_optimizer
+    from keras_pd.runs import make_optimizer
+    from keras_pd.training import TrainConfig, build_teacher
     from tools.bench_flops import count_forward_flops
 
     keras.utils.set_random_seed(0)

@@ -72,7 +72,8 @@ def bench_loader(name, args):
     from keras.src.trainers.data_adapters import get_data_adapter
 
     from keras_pd.data import BatchStream
-    from keras_pd.training import TrainConfig, build_teacher, make_optimizer
+    from keras_pd.runs import make_optimizer
+    from keras_pd.training import TrainConfig, build_teacher
 
     preset, batch, step_batch, steps = LOADERS[name]
     t0 = time.perf_counter()

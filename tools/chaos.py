@@ -93,10 +93,9 @@ def run_to_end(cmd, log_path):
 
 
 RESUME_PATTERNS = [
-    # apps.train (keras_pd.training): "<dir>: resuming from the checkpoint of step N"
+    # Every resumed run (keras_pd.runs.resume_and_fit: a teacher or a distillation round):
+    # "<dir>: resuming from the checkpoint of step N"
     re.compile(r"^(?P<dir>\S+): resuming from the checkpoint of step (?P<step>\d+)"),
-    # apps.distill: "round r: 2N -> N steps, updates START..END"
-    re.compile(r"^round \d+: \d+ -> (?P<steps>\d+) steps, updates (?P<step>\d+)\.\."),
 ]
 
 
@@ -108,10 +107,7 @@ def resumes_in(text, workdir):
             m = pattern.match(line.strip())
             if not m:
                 continue
-            if "dir" in m.groupdict():
-                out.append((os.path.relpath(m.group("dir"), workdir), int(m.group("step"))))
-            else:
-                out.append((f"student_{int(m.group('steps')):04d}", int(m.group("step"))))
+            out.append((os.path.relpath(m.group("dir"), workdir), int(m.group("step"))))
     return out
 
 

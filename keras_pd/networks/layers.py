@@ -510,7 +510,8 @@ def class_one_hot(labels, num_classes):
     """
     labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
     known = ops.cast(ops.less(labels, num_classes), "float32")
-    return ops.one_hot(ops.minimum(labels, num_classes - 1), num_classes) * known[:, None]
+    one_hot = ops.one_hot(ops.minimum(labels, num_classes - 1), num_classes)
+    return one_hot * ops.expand_dims(known, -1)
 
 
 # Guidance weights w are embedded like times t in [0, 1] after division by this scale, so the
