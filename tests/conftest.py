@@ -1,12 +1,50 @@
+"""Shared fixtures, and the suite's two markers (declared in pyproject.toml).
+
+- `slow`: end-to-end runs, app subprocesses and long trainings. `pytest -m "not slow"` is the
+  inner-loop tier; CI (`tools/run_tests.sh`) runs everything.
+- `backend_free`: the outcome cannot depend on the Keras backend (data, checkpoint files, flag
+  and argument errors, numpy metrics, reports, apps refusing bad input). A plain `pytest` runs
+  them on whatever backend it has; `tools/run_tests.sh` sets KERAS_PD_BACKEND_FREE_ON to the
+  one backend whose pass runs them (jax: its app subprocesses start fastest) and the other
+  passes deselect them (`pytest_collection_modifyitems` below), so each runs once per suite.
+
+Trained fixtures are session-scoped and shared: a test must not write into one (copy it, e.g.
+`shutil.copytree(toy_teacher_dir, tmp_path / "t")`, when it needs to).
+"""
+
 import os
 
 import keras
 import numpy as np
 import pytest
 
+#: Names the backend whose pass runs the `backend_free` tests (unset: every run runs them).
+BACKEND_FREE_ENV = "KERAS_PD_BACKEND_FREE_ON"
+
+
+def _backend_free_runs_elsewhere():
+    """The backend that runs the `backend_free` tests, when it is not this one; else None."""
+    on = os.environ.get(BACKEND_FREE_ENV, "").strip()
+    return on if on and on != keras.backend.backend() else None
+
 
 def pytest_report_header(config):
-    return f"keras backend: {keras.backend.backend()} (keras {keras.__version__})"
+    header = f"keras backend: {keras.backend.backend()} (keras {keras.__version__})"
+    elsewhere = _backend_free_runs_elsewhere()
+    if elsewhere:
+        header += f"; backend_free tests deselected ({BACKEND_FREE_ENV}={elsewhere})"
+    return header
+
+
+def pytest_collection_modifyitems(config, items):
+    if _backend_free_runs_elsewhere() is None:
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("backend_free") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture

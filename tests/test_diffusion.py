@@ -14,6 +14,7 @@ from keras_pd.networks import MLPDenoiser, make_network
 HERE = os.path.dirname(__file__)
 
 
+@pytest.mark.slow
 def test_toy2d_teacher_samples_the_mixture(toy_teacher_dir):
     teacher, card = ckpt.load_model(toy_teacher_dir)
     assert card["steps_trained"] == 1500 and card["parameterization"] == "x"
@@ -29,6 +30,7 @@ def test_toy2d_teacher_samples_the_mixture(toy_teacher_dir):
     assert counts.min() > 120
 
 
+@pytest.mark.slow
 def test_ancestral_sampler_also_samples_the_mixture(toy_teacher_dir):
     teacher, _ = ckpt.load_model(toy_teacher_dir)
     noise = np.random.default_rng(1).standard_normal((1000, 2)).astype("float32")
@@ -161,16 +163,28 @@ def test_jit_compiled_sampler_equals_the_uncompiled_one():
         model.sample(noise, 2, jit_compile="yes")
 
 
-def test_cross_backend_parity_with_stored_reference():
-    """The same weights give the same denoiser output and 8-step DDIM samples on every backend.
-
-    tests/data/parity.keras and parity.npz were written once by tools/make_parity_reference.py;
-    each backend's run of the suite compares itself against them.
-    """
+@pytest.fixture(scope="module")
+def parity():
+    """tests/data/parity.keras and parity.npz, written once by tools/make_parity_reference.py;
+    each backend's run of the suite compares itself against them."""
     ref = np.load(os.path.join(HERE, "data", "parity.npz"))
     model = keras.saving.load_model(os.path.join(HERE, "data", "parity.keras"), compile=False)
+    return model, ref
+
+
+def test_cross_backend_parity_with_stored_reference(parity):
+    """The same weights give the same denoiser output on every backend (the 8-step DDIM
+    samples: the next test, slow: compiling the UNet sampler takes most of a minute on
+    TensorFlow and JAX)."""
+    model, ref = parity
     pred = model.denoise(ref["z"], ref["logsnr"])
     np.testing.assert_allclose(keras.ops.convert_to_numpy(pred.x), ref["x_hat"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_cross_backend_parity_of_samples_with_stored_reference(parity):
+    """The same weights give the same 8-step DDIM samples on every backend."""
+    model, ref = parity
     samples = model.sample(ref["noise"], 8)
     np.testing.assert_allclose(samples, ref["samples"], atol=1e-4)
 

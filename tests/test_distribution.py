@@ -45,6 +45,7 @@ def engine_run(request, tmp_path_factory):
     return json.loads(lines[-1][len("RESULT "):])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part", ["teacher", "distill"])
 def test_step_equals_single_device(engine_run, part):
     assert engine_run["replicas"] == 2
@@ -62,6 +63,7 @@ def test_step_equals_single_device(engine_run, part):
             assert np.linalg.norm(w[k] - w[k - 1]) == pytest.approx(LR * CLIP, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_distributed_run_resumes(engine_run):
     res = engine_run["resume"]
     assert res["steps_trained"] == 4
@@ -83,6 +85,7 @@ def test_engines_need_their_backend():
         distribute.check_dtype_policy("float16")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "torch", reason="the PyTorch rejection runs on KERAS_BACKEND=torch")
 def test_torch_rejects_every_engine_with_a_clean_app_error(tmp_path):
     for name in ("data_parallel", "mirrored", "multi_worker", "tpu"):
@@ -99,6 +102,7 @@ def test_torch_rejects_every_engine_with_a_clean_app_error(tmp_path):
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
+@pytest.mark.backend_free
 def test_global_batch_must_split_over_replicas():
     engine = distribute.Engine("none")
     engine.num_replicas = 4
@@ -129,6 +133,7 @@ def _perturbed_teacher(policy):
     return model, data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_with_float32_variables_and_math(policy):
     from keras_pd import checkpoint as ckpt

@@ -96,12 +96,14 @@ def test_bad_arguments_name_themselves(run_dir, tmp_path, kwargs, named):
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.backend_free
 def test_output_folder_must_exist(run_dir, tmp_path):
     with pytest.raises(ValueError, match="folder .*missing.* does not exist"):
         export.export_sampler(run_dir, str(tmp_path / "missing" / "m.tflite"), format="litert")
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.backend_free
 def test_metadata_path():
     assert export.metadata_path("a/b.tflite") == "a/b.json"
     assert export.metadata_path("a/b.onnx") == "a/b.json"
@@ -178,11 +180,46 @@ def test_quantized_litert_runs(run_dir, reference, litert_f32, tmp_path, quantiz
     meta = export.export_sampler(run_dir, path, format="litert", quantize=quantize, batch_size=2)
     assert meta["quantize"] == quantize
     got = _run_litert(path, noise)
-    err = float(np.abs(got - want).max())
-    print(f"\n[{BACKEND}] LiteRT {quantize} max |diff| vs model.sample: {err:.2e} "
-          f"({meta['bytes']} bytes vs {litert_f32[1]['bytes']} float32)")
     assert np.all(np.isfinite(got)) and np.abs(got).max() <= 1.0
-    assert err < 1.0  # no tight tolerance: reported, see docs/export.md
+    # The quantization's own error: against the float32 file of the same sampler.
+    err = float(np.abs(got - _run_litert(litert_f32[0], noise)).max())
+
+    # What this quantization can do to these samples, emulated in Keras: the weights rounded
+    # as the file stores them (float16; int8 per output channel, scale max|w| / 127).
+    # Exported from JAX, a float16 file also holds the time path's constants in float16
+    # (docs/export.md), emulated by the network's time input rounded to float16.
+    def emulated(round_weights, round_time=False):
+        model, _ = ckpt.load_model(run_dir)
+        model.set_weights([round_weights(w) for w in model.get_weights()])
+        if round_time:
+            exact = model.network_time
+            model.network_time = lambda lam: keras.ops.cast(
+                keras.ops.cast(exact(lam), "float16"), "float32")
+        return model.sample(noise, STEPS)
+
+    def int8_per_channel(w):
+        if w.ndim < 2:
+            return w
+        scale = np.abs(w).max(axis=tuple(range(w.ndim - 1)), keepdims=True) / 127.0
+        return (np.round(w / scale) * scale).astype(w.dtype)
+
+    if quantize == "float16":
+        rounded = emulated(lambda w: w.astype(np.float16).astype(w.dtype), BACKEND == "jax")
+    else:
+        rounded = emulated(int8_per_channel)
+    scale = float(np.abs(rounded - want).max())
+    # Measured over 3-4 weight draws per backend, err / scale was 0.8-2.1 (int8 adds activation
+    # rounding; TensorFlow folds the time path into float16 constants) and 4.8-7.1 for JAX
+    # float16 (the emulation covers its time constants only in part): bounds 4x and 16x.
+    bound = (16.0 if quantize == "float16" and BACKEND == "jax" else 4.0) * scale
+    print(f"\n[{BACKEND}] LiteRT {quantize} max |diff| vs float32 LiteRT: {err:.2e} "
+          f"(emulated rounding {scale:.2e}, bound {bound:.2e}; "
+          f"{meta['bytes']} bytes vs {litert_f32[1]['bytes']} float32)")
+    assert 0 < scale and err <= bound
+    # The bound still tells a quantized sampler from a wrong one: one step fewer moves the
+    # samples by far more.
+    model, _ = ckpt.load_model(run_dir)
+    assert bound < 0.5 * float(np.abs(model.sample(noise, STEPS - 1) - want).max())
 
 
 @needs_export
@@ -276,6 +313,7 @@ def test_onnx_without_its_packages_names_them(run_dir, tmp_path):
 
 # -- the runtime-only example and the app ----------------------------------------------------
 
+@pytest.mark.backend_free
 def test_litert_sample_tool_imports_no_framework():
     with open(os.path.join(ROOT, "tools", "litert_sample.py")) as f:
         source = f.read()
@@ -284,6 +322,7 @@ def test_litert_sample_tool_imports_no_framework():
 
 
 @needs_export
+@pytest.mark.slow
 def test_litert_sample_tool_runs_without_tensorflow(litert_f32, reference, tmp_path):
     path, _ = litert_f32
     png, npy = tmp_path / "grid.png", tmp_path / "s.npy"
@@ -302,6 +341,7 @@ def test_litert_sample_tool_runs_without_tensorflow(litert_f32, reference, tmp_p
     assert np.abs(samples[:2] - reference[1]).max() < PARITY
 
 
+@pytest.mark.slow
 def test_app_exports_or_explains(run_dir, tmp_path):
     out = tmp_path / "app.tflite"
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")

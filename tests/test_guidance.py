@@ -272,6 +272,7 @@ def test_plain_student_of_a_label_dropout_teacher_refuses_guidance():
                                teacher.sample(noise, 2, labels=labels), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.backend_free
 def test_guidance_range_is_checked():
     with pytest.raises(ValueError, match="guidance range"):
         guidance.check_guidance_range(2.0, 1.0)

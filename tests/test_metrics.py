@@ -32,6 +32,7 @@ def _random_orthogonal(rng, d):
 # Frechet distance.
 
 
+@pytest.mark.backend_free
 def test_frechet_diagonal_closed_form(rng):
     d = 6
     mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
@@ -42,6 +43,7 @@ def test_frechet_diagonal_closed_form(rng):
     np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
+@pytest.mark.backend_free
 def test_frechet_commuting_full_covariances(rng):
     # S1 = Q diag(a) Q^T, S2 = Q diag(b) Q^T commute: sqrtm(S1 S2) = Q diag(sqrt(ab)) Q^T.
     d = 8
@@ -53,6 +55,7 @@ def test_frechet_commuting_full_covariances(rng):
     np.testing.assert_allclose(frechet_distance(mu1, s1, mu2, s2), expected, rtol=1e-9)
 
 
+@pytest.mark.backend_free
 def test_frechet_general_covariances_match_symmetric_formula(rng):
     # Tr sqrtm(S1 S2) = Tr sqrtm(S1^1/2 S2 S1^1/2), the latter from a symmetric eigendecomposition.
     d = 10
@@ -67,6 +70,7 @@ def test_frechet_general_covariances_match_symmetric_formula(rng):
     np.testing.assert_allclose(frechet_distance(mu2, s2, mu1, s1), got, rtol=1e-9)
 
 
+@pytest.mark.backend_free
 def test_frechet_of_identical_sets_is_zero(rng):
     x = rng.standard_normal((500, 16)) @ rng.standard_normal((16, 16))
     got = fid_from_features(x, x)
@@ -76,6 +80,7 @@ def test_frechet_of_identical_sets_is_zero(rng):
     np.testing.assert_allclose(sigma, np.cov(x, rowvar=False))
 
 
+@pytest.mark.backend_free
 def test_frechet_estimate_converges_to_closed_form():
     rng = np.random.default_rng(7)
     d, n = 4, 20000
@@ -91,6 +96,7 @@ def test_frechet_estimate_converges_to_closed_form():
     assert fid_from_features(a, c) < 0.01
 
 
+@pytest.mark.backend_free
 def test_frechet_singular_covariance(rng):
     # Rank-deficient features: fewer samples than dimensions, a dead (constant) unit, duplicated units.
     few = rng.standard_normal((10, 32))
@@ -111,6 +117,7 @@ def test_frechet_singular_covariance(rng):
     np.testing.assert_allclose(got, reference, atol=1e-3)
 
 
+@pytest.mark.backend_free
 def test_frechet_guard_when_sqrtm_fails(rng, monkeypatch):
     d = 5
     s1, s2 = _random_psd(rng, d), _random_psd(rng, d)
@@ -128,6 +135,7 @@ def test_frechet_guard_when_sqrtm_fails(rng, monkeypatch):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+@pytest.mark.backend_free
 def test_frechet_singular_skips_sqrtm(rng, monkeypatch):
     # A singular product would send sqrtm into slow complex arithmetic: the guard avoids it.
     def no_sqrtm(a, *args, **kwargs):
@@ -138,6 +146,7 @@ def test_frechet_singular_skips_sqrtm(rng, monkeypatch):
     assert 0.0 <= fid_from_features(few, few) < 1e-6
 
 
+@pytest.mark.backend_free
 def test_frechet_imaginary_part(rng, monkeypatch):
     d = 4
     s1, s2 = _random_psd(rng, d), _random_psd(rng, d)
@@ -155,6 +164,7 @@ def test_frechet_imaginary_part(rng, monkeypatch):
         frechet_distance(mu, s1, mu, s2)
 
 
+@pytest.mark.backend_free
 def test_frechet_errors(rng):
     s = _random_psd(rng, 3)
     with pytest.raises(ValueError, match="dimensions"):
@@ -191,6 +201,7 @@ def classifier(digits, classifier_dir):
     return metrics.train_classifier(digits, workdir=classifier_dir, epochs=CLASSIFIER_EPOCHS, seed=0)
 
 
+@pytest.mark.backend_free
 def test_split_indices():
     train, test = metrics.split_indices(1797, test_fraction=0.2, seed=0)
     assert len(test) == 359 and len(train) == 1438
@@ -212,6 +223,7 @@ def test_build_classifier_shapes():
         metrics.build_classifier((8, 8, 1), 1)
 
 
+@pytest.mark.backend_free
 def test_classifier_needs_labels():
     unlabeled = Dataset(name="nolabels", x=np.zeros((10, 2), np.float32), y=None, num_classes=None, flip=False)
     with pytest.raises(ValueError, match="no labels"):
@@ -297,6 +309,7 @@ def test_classifier_cache_round_trip(classifier, digits, classifier_dir, tmp_pat
 # Standard FID Inception (optional).
 
 
+@pytest.mark.backend_free
 def test_inception_unavailable_message(tmp_path):
     missing = str(tmp_path / "nothing" / "default_1.pt")
     assert not metrics.inception_available(missing)
@@ -329,6 +342,7 @@ def test_inception_features(digits):
     assert real_noise > 2 * real_real
 
 
+@pytest.mark.backend_free
 def test_scorer_metric_names(digits, tmp_path):
     from keras_pd.evaluation import Scorer
 

@@ -1,9 +1,10 @@
 """Reliability (docs/reliability.md): numerical faults, storage faults, bad input, determinism.
 
-Suite time: the app rows of the bad-input table start a subprocess each (~6 s of imports). Rows
+Suite time: the app rows of the bad-input table start a subprocess each (~6 s of imports). Tests
 whose outcome cannot depend on the Keras backend (flag parsing, validation before any model is
-built) carry `backend_independent` and run on the jax pass of `tools/run_tests.sh` only; rows
-about the library run in-process on every backend.
+built, checkpoint and model files on disk) carry `backend_free` and run on one pass of
+`tools/run_tests.sh` only (tests/conftest.py); rows about the library run in-process on every
+backend. Trainings and subprocesses are `slow` (not in the `-m "not slow"` tier).
 """
 
 import errno
@@ -29,8 +30,7 @@ from keras_pd.training import TrainConfig, build_teacher, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = keras.backend.backend()
-backend_independent = pytest.mark.skipif(
-    BACKEND != "jax", reason="backend-independent row: runs on the jax pass only")
+backend_free = pytest.mark.backend_free
 
 TINY = dict(dataset="toy2d", train_steps=20, batch_size=32, warmup_steps=5, checkpoint_every=10,
             sample_every=1000, sampling_steps=4, seed=3)
@@ -86,6 +86,7 @@ def _toy2d_with_nan(step, batch_size, seed):
     return data
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_run_naming_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
     data = _toy2d_with_nan(15, TINY["batch_size"], TINY["seed"])
@@ -151,6 +152,7 @@ def test_skip_nonfinite_update_changes_nothing(bad):
     assert not np.all(np.isfinite(run(False, [g1, gbad, g3])[0]))
 
 
+@backend_free
 def test_checkpoint_refuses_non_finite_weights(tmp_path):
     model = _tiny_model()
     manager = ckpt.CheckpointManager(str(tmp_path / "ck"))
@@ -209,6 +211,7 @@ def _damage(path, how):
         f.write(data)
 
 
+@backend_free
 @pytest.mark.parametrize("target,how", [("weights", "truncate"), ("weights", "flip"),
                                         ("index", "garbage"), ("weights", "delete")])
 def test_damaged_latest_checkpoint_falls_back_with_warning(two_checkpoints, target, how):
@@ -227,6 +230,7 @@ def test_damaged_latest_checkpoint_falls_back_with_warning(two_checkpoints, targ
         np.testing.assert_array_equal(a, b)
 
 
+@backend_free
 def test_no_good_checkpoint_is_a_clear_error(two_checkpoints):
     manager, _ = two_checkpoints
     for step in (10, 20):
@@ -249,6 +253,7 @@ def _enospc_after_half(real_write):
     return write
 
 
+@backend_free
 def test_disk_full_mid_checkpoint_leaves_previous_intact(two_checkpoints, monkeypatch):
     manager, saved = two_checkpoints
     before = tree(manager.directory)
@@ -262,6 +267,7 @@ def test_disk_full_mid_checkpoint_leaves_previous_intact(two_checkpoints, monkey
     assert state["step"] == 20
 
 
+@backend_free
 def test_disk_full_writing_the_index_removes_the_new_weights(two_checkpoints, monkeypatch):
     manager, _ = two_checkpoints
     before = tree(manager.directory)
@@ -275,6 +281,7 @@ def test_disk_full_writing_the_index_removes_the_new_weights(two_checkpoints, mo
     assert tree(manager.directory) == before
 
 
+@backend_free
 def test_disk_full_mid_model_write_keeps_previous_model(teacher_copy, monkeypatch):
     before = tree(teacher_copy)
     model, card = ckpt.load_model(teacher_copy)
@@ -291,6 +298,7 @@ def test_disk_full_mid_model_write_keeps_previous_model(teacher_copy, monkeypatc
     ckpt.load_model(teacher_copy)
 
 
+@backend_free
 def test_second_run_on_a_workdir_is_refused(teacher_copy):
     before = tree(teacher_copy)
     with ckpt.workdir_lock(teacher_copy):
@@ -299,6 +307,7 @@ def test_second_run_on_a_workdir_is_refused(teacher_copy):
     assert tree(teacher_copy) == before
 
 
+@backend_free
 def test_stale_temporaries_of_a_killed_writer_are_removed(teacher_copy):
     stale = [os.path.join(teacher_copy, ".tmp-99999-model.keras"),
              os.path.join(teacher_copy, "checkpoints", ".tmp-99999-ckpt-00000030.weights.h5")]
@@ -362,7 +371,8 @@ APP_ROWS = [
 ]
 
 
-@backend_independent
+@backend_free
+@pytest.mark.slow
 @pytest.mark.parametrize("row,app,flags,env,message", APP_ROWS, ids=[r[0] for r in APP_ROWS])
 def test_app_bad_input(row, app, flags, env, message, teacher_copy, tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((3, 5), "float32"))
@@ -506,7 +516,8 @@ def test_api_bad_input(row, fn, error, message, teacher_copy, tmp_path):
                           "s/student_0002/card.json"}, created
 
 
-@backend_independent
+@backend_free
+@pytest.mark.slow
 def test_litert_runtime_refuses_noise_of_the_wrong_shape(teacher, tmp_path):
     from keras_pd import export
 
@@ -530,6 +541,7 @@ def test_litert_runtime_refuses_noise_of_the_wrong_shape(teacher, tmp_path):
 # Determinism.
 
 
+@pytest.mark.slow
 def test_same_seed_same_training_and_samples(teacher, tmp_path):
     """A second run with the same seed and flags: same losses, weights and samples."""
     other = str(tmp_path / "again")
@@ -611,6 +623,7 @@ def _assert_same_run(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_teacher_is_bit_identical(teacher, tmp_path, monkeypatch,
                                                      no_sample_grids):
     """Stopped after its checkpoint of step 10 and rerun: the same weights, Adam moments, EMA,
@@ -620,6 +633,7 @@ def test_killed_and_resumed_teacher_is_bit_identical(teacher, tmp_path, monkeypa
     _assert_same_run(teacher, resumed)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_distillation_round_is_bit_identical(teacher, tmp_path, monkeypatch,
                                                                 no_sample_grids):
     """The same for a distillation round (three SeedGenerators: the round's, the student's and
@@ -628,7 +642,8 @@ def test_killed_and_resumed_distillation_round_is_bit_identical(teacher, tmp_pat
     from keras_pd.distillation import distill_round
 
     data = load_dataset("toy2d", seed=TINY["seed"])
-    cfg = DistillConfig(updates_per_round=4, checkpoint_every=2, batch_size=32, seed=1)
+    cfg = DistillConfig(updates_per_round=4, final_rounds_factor=1, checkpoint_every=2,
+                        batch_size=32, seed=1)
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     distill_round(teacher, straight, 2, cfg, 1, data, verbose=0)
     _run_killed_after(monkeypatch, 2,
