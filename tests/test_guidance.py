@@ -227,9 +227,10 @@ def test_stage_two_passes_w_to_teacher_and_student():
     assert set(t) == {0.5, 1.0}  # both branches of the target are on the path
     want = hand_loss(w, w)
     np.testing.assert_allclose(loss, want, rtol=1e-4)
-    # w matters through each: the same loss with w = 0 in the teacher or in the student differs.
+    # w matters through each: the same loss with w = 0 in the teacher or in the student differs
+    # by far more than the 1e-4 to which the loss matches the hand computation.
     for other in (hand_loss(0 * w, w), hand_loss(w, 0 * w)):
-        assert abs(other - want) > 0.01 * want
+        assert abs(other - want) > 1e-3 * want
     again = DistillationModel.from_config(model.get_config())
     assert again.guidance_range == (1.0, 3.0)
 
