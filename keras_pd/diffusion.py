@@ -23,7 +23,7 @@ from keras_pd.schedules import (
     logsnr_cosine,
     network_time,
 )
-from keras_pd.weighting import check_weighting, weighted_loss
+from keras_pd.weighting import check_weighting
 
 
 GUIDANCE_ERROR = ("guidance needs a class-conditional model trained with label_dropout > 0, or "

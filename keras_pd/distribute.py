@@ -359,10 +359,7 @@ def _tf_local_devices():
 
 
 def from_config(cfg):
-    """The engine for a TrainConfig or DistillConfig (their distribution fields)."""
-    return setup(getattr(cfg, "distribution", "none"),
-                 coordinator_address=getattr(cfg, "coordinator_address", None),
-                 num_processes=getattr(cfg, "num_processes", None),
-                 process_id=getattr(cfg, "process_id", None),
-                 tpu=getattr(cfg, "tpu", None))
+    """The engine for a run's config (a `ScaleOutConfig`: TrainConfig, DistillConfig)."""
+    return setup(cfg.distribution, coordinator_address=cfg.coordinator_address,
+                 num_processes=cfg.num_processes, process_id=cfg.process_id, tpu=cfg.tpu)
 
