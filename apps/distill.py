@@ -10,6 +10,7 @@ from apps import common, scale_flags
 from absl import flags
 
 from keras_pd.distillation import DistillConfig, distill
+from keras_pd.teacher_samples import DISTILL_DATA
 from keras_pd.weighting import WEIGHTINGS
 
 _D = DistillConfig()
@@ -24,6 +25,15 @@ flags.DEFINE_integer("final_rounds_factor", _D.final_rounds_factor,
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial rate, decayed linearly to 0.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Batch size.")
 flags.DEFINE_enum("weighting", _D.weighting, list(WEIGHTINGS), "Loss weighting.")
+flags.DEFINE_enum("distill_data", _D.distill_data, list(DISTILL_DATA),
+                  "What the students train on: the dataset, the teacher's own DDIM samples "
+                  "(generated once into WORKDIR/teacher_samples; no dataset needed), or both.")
+flags.DEFINE_integer("teacher_samples", _D.teacher_samples,
+                     "How many teacher samples (--distill_data=teacher or mix).")
+flags.DEFINE_integer("teacher_sample_steps", None,
+                     "DDIM steps of the teacher samples (default: the teacher's steps).")
+flags.DEFINE_boolean("resample_each_round", _D.resample_each_round,
+                     "Each round trains on samples of its own teacher instead of the first's.")
 flags.DEFINE_string("dataset", None, "Training data (default: the teacher's).")
 flags.DEFINE_integer("seed", _D.seed, "Seed.")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Updates between checkpoints.")

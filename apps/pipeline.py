@@ -9,6 +9,7 @@ from absl import flags
 
 from keras_pd.data import BUILTIN_DATASETS
 from keras_pd.pipeline import QUICK, PipelineConfig, default_workdir, run_pipeline
+from keras_pd.teacher_samples import DISTILL_DATA
 
 _D = PipelineConfig()
 flags.DEFINE_string("dataset", _D.dataset,
@@ -24,6 +25,10 @@ flags.DEFINE_integer("updates_per_round", _D.updates_per_round, "Distillation up
 flags.DEFINE_integer("final_rounds_factor", _D.final_rounds_factor,
                      "Extra updates for the rounds to 2 and 1 steps.")
 flags.DEFINE_float("distill_learning_rate", _D.distill_learning_rate, "Distillation rate.")
+flags.DEFINE_enum("distill_data", _D.distill_data, list(DISTILL_DATA),
+                  "What the students train on: the dataset, the teacher's own samples, or both.")
+flags.DEFINE_integer("teacher_samples", _D.teacher_samples,
+                     "How many teacher samples (--distill_data=teacher or mix).")
 flags.DEFINE_integer("num_samples", _D.num_samples, "Samples per evaluation cell.")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Updates between checkpoints.")
 flags.DEFINE_integer("batch_size", None, "Batch size (default: the dataset's).")

@@ -18,7 +18,6 @@ from keras import ops
 from keras_pd import checkpoint as ckpt
 from keras_pd import distribute
 from keras_pd.checks import check_positive_int
-from keras_pd.data import load_dataset
 from keras_pd.diffusion import rebuild
 from keras_pd.guidance import check_guidance_range, sample_guidance
 from keras_pd.guided_distillation import GuidanceDistillationModel, guided_student
@@ -28,6 +27,7 @@ from keras_pd.replicas import replica_rows
 from keras_pd.runs import make_optimizer, resume_and_fit
 from keras_pd.samplers import ddim_step
 from keras_pd.schedules import alpha_sigma, check_steps, expand_to
+from keras_pd.teacher_samples import SAMPLES_DIR, check_distill_data, distillation_data
 from keras_pd.weighting import check_weighting
 
 #: The paper's recipe: the rounds to 2 and 1 step get twice the updates of the others
@@ -177,6 +177,13 @@ class DistillConfig(distribute.ScaleOutConfig):
         learning_rate: Adam's rate at the start of each round, decayed linearly to 0.
         batch_size: examples per update.
         weighting: loss weighting.
+        distill_data: what the student is trained on: "data" (the dataset), "teacher" (the
+            teacher's own DDIM samples, generated once into WORKDIR/teacher_samples; no dataset
+            needed) or "mix" (both).
+        teacher_samples: how many teacher samples ("teacher" and "mix").
+        teacher_sample_steps: the DDIM steps they are drawn with (None: the teacher's N0).
+        resample_each_round: each round distils on samples of its own teacher (the previous
+            round's student, at its 2N steps) instead of the first teacher's.
         dataset: training data (None: the teacher's).
         seed: seed of data order and draws; round r uses seed + r.
         checkpoint_every: updates between checkpoints.
@@ -194,6 +201,10 @@ class DistillConfig(distribute.ScaleOutConfig):
     learning_rate: float = 3e-4
     batch_size: int = 128
     weighting: str = "truncated_snr"
+    distill_data: str = "data"
+    teacher_samples: int = 20000
+    teacher_sample_steps: int | None = None
+    resample_each_round: bool = False
     dataset: str | None = None
     seed: int = 0
     checkpoint_every: int = 500
@@ -227,8 +238,12 @@ def plan(cfg, teacher_card):
     end = check_power_of_two(cfg.end_steps if cfg.end_steps else n0 // 2, "end_steps")
     if end >= n0:
         raise ValueError(f"end_steps ({end}) must be below the teacher's steps ({n0})")
-    for name in ("updates_per_round", "batch_size", "checkpoint_every", "final_rounds_factor"):
+    for name in ("updates_per_round", "batch_size", "checkpoint_every", "final_rounds_factor",
+                 "teacher_samples"):
         check_positive_int(getattr(cfg, name), name)
+    check_distill_data(cfg.distill_data)
+    if cfg.teacher_sample_steps is not None:
+        check_positive_int(cfg.teacher_sample_steps, "teacher_sample_steps")
     if cfg.learning_rate <= 0:
         raise ValueError(f"learning_rate must be positive, got {cfg.learning_rate}")
     check_weighting(cfg.weighting)
@@ -239,19 +254,14 @@ def plan(cfg, teacher_card):
     return n0, out
 
 
-def _check_teacher_data(card, dataset):
-    if list(dataset.data_shape) != card["data_shape"]:
-        raise ckpt.CheckpointError(
-            f"teacher was trained on data of shape {card['data_shape']} ({card.get('dataset')}), "
-            f"dataset {dataset.name!r} has shape {list(dataset.data_shape)}")
-
-
 def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset, verbose=1,
-                  guided_stage=False):
+                  guided_stage=False, provenance=None):
     """Trains (or resumes, or skips when complete) the N-step student of `teacher_dir`.
 
     With `guided_stage`, trains guided distillation's stage one instead: a student taking w
     that matches the classifier-free-guided teacher at the teacher's own step count.
+    `dataset` is what it trains on (`teacher_samples.distillation_data`), `provenance` where
+    that came from (written into the student's card).
 
     Returns:
         The student's card.
@@ -269,7 +279,10 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
             return card
     engine = distribute.from_config(cfg)
     engine.check_batch_size(cfg.batch_size)
-    _check_teacher_data(teacher_card, dataset)
+    if list(dataset.data_shape) != teacher_card["data_shape"]:
+        raise ckpt.CheckpointError(
+            f"teacher was trained on data of shape {teacher_card['data_shape']}, "
+            f"{dataset.name!r} has shape {list(dataset.data_shape)}")
     updates = cfg.guided_updates if guided_stage else round_updates(cfg, student_steps)
     guidance_range = ((cfg.guidance_min, cfg.guidance_max) if guided_stage
                       else teacher_card.get("guidance_range"))
@@ -304,7 +317,8 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
                     teacher=os.path.abspath(teacher_dir),
                     teacher_steps=student_steps if guided_stage else 2 * student_steps,
                     round=round_index, updates=updates, steps_trained=0, wall_time_s=0.0,
-                    complete=False, seed=cfg.seed, config=dataclasses.asdict(cfg))
+                    complete=False, seed=cfg.seed, config=dataclasses.asdict(cfg),
+                    **(provenance or {}))
         if student.takes_guidance:
             card["guidance_range"] = list(guidance_range)
         card, _ = resume_and_fit(
@@ -332,9 +346,15 @@ def distill(teacher_dir, workdir, config=None, verbose=1):
     cfg = config or DistillConfig()
     teacher_card = ckpt.read_card(teacher_dir)
     n0, rounds = plan(cfg, teacher_card)
-    dataset = load_dataset(cfg.dataset or teacher_card["dataset"], data_dir=cfg.data_dir,
-                           seed=cfg.seed)
-    _check_teacher_data(teacher_card, dataset)
+
+    def data_of(teacher, directory):
+        return distillation_data(
+            cfg.distill_data, teacher, directory, count=cfg.teacher_samples,
+            steps=cfg.teacher_sample_steps if teacher == teacher_dir else None, seed=cfg.seed,
+            dataset=cfg.dataset, data_dir=cfg.data_dir,
+            guidance_range=ckpt.read_card(teacher).get("guidance_range"), verbose=verbose)
+
+    dataset, provenance = data_of(teacher_dir, os.path.join(workdir, SAMPLES_DIR))
     previous, done = teacher_dir, []
     first_round = int(teacher_card.get("round", 0)) + 1
     if cfg.guided:
@@ -342,14 +362,18 @@ def distill(teacher_dir, workdir, config=None, verbose=1):
         check_positive_int(cfg.guided_updates, "guided_updates")
         previous = os.path.join(workdir, f"guided_{n0:04d}")
         card = distill_round(teacher_dir, previous, n0, cfg, first_round, dataset, verbose,
-                             guided_stage=True)
+                             guided_stage=True, provenance=provenance)
         if verbose:
             print(f"guided {n0}-step student (takes w): {previous} ({card['updates']} updates)")
         first_round += 1
     for k, steps in enumerate(rounds):
         out = student_dir(workdir, steps)
         t0 = time.time()
-        card = distill_round(previous, out, steps, cfg, first_round + k, dataset, verbose)
+        if cfg.resample_each_round and cfg.distill_data != "data" and previous != teacher_dir:
+            # The previous student's own samples at its 2N steps, kept in its run directory.
+            dataset, provenance = data_of(previous, os.path.join(previous, SAMPLES_DIR))
+        card = distill_round(previous, out, steps, cfg, first_round + k, dataset, verbose,
+                             provenance=provenance)
         if verbose:
             print(f"{steps}-step student: {out} ({card['updates']} updates, "
                   f"{time.time() - t0:.0f} s this call)")

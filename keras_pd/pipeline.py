@@ -15,6 +15,9 @@ from keras_pd.evaluation import evaluate, evaluate_guided, find_students
 from keras_pd.training import TrainConfig, train
 
 
+_DISTILL = DistillConfig()
+
+
 @dataclasses.dataclass
 class PipelineConfig:
     """Sizes of the main job; None takes the dataset's training defaults.
@@ -29,6 +32,8 @@ class PipelineConfig:
         updates_per_round: distillation updates per round.
         final_rounds_factor: extra updates for the rounds to 2 and 1 steps.
         distill_learning_rate: each round's initial learning rate.
+        distill_data: what the students train on (`DistillConfig.distill_data`).
+        teacher_samples: how many teacher samples for "teacher" and "mix".
         num_samples: samples per evaluation cell.
         checkpoint_every: updates between checkpoints, in every stage.
         export_max_steps: students with at most this many steps are exported (LiteRT, or ONNX
@@ -49,6 +54,8 @@ class PipelineConfig:
     updates_per_round: int = 2000
     final_rounds_factor: int = FINAL_ROUNDS_FACTOR
     distill_learning_rate: float = 3e-4
+    distill_data: str = _DISTILL.distill_data
+    teacher_samples: int = _DISTILL.teacher_samples
     num_samples: int = 1000
     checkpoint_every: int = 1000
     batch_size: int | None = None
@@ -62,7 +69,7 @@ class PipelineConfig:
 REPORT_NAME = "report.md"
 
 QUICK = dict(train_steps=200, teacher_steps=8, updates_per_round=20, num_samples=200,
-             checkpoint_every=100, guided_updates=20)
+             checkpoint_every=100, guided_updates=20, teacher_samples=512)
 
 
 def default_workdir(config):
@@ -114,6 +121,8 @@ def _run_pipeline(workdir, cfg, verbose):
     distill_cfg = DistillConfig(end_steps=cfg.end_steps, updates_per_round=cfg.updates_per_round,
                                 final_rounds_factor=cfg.final_rounds_factor,
                                 learning_rate=cfg.distill_learning_rate, seed=cfg.seed,
+                                distill_data=cfg.distill_data,
+                                teacher_samples=cfg.teacher_samples,
                                 batch_size=cfg.batch_size or train_cfg.resolved().batch_size,
                                 checkpoint_every=min(cfg.checkpoint_every,
                                                      cfg.updates_per_round),

@@ -7,6 +7,11 @@
   them on whatever backend it has; `tools/run_tests.sh` sets KERAS_PD_BACKEND_FREE_ON to the
   one backend whose pass runs them (jax: its app subprocesses start fastest) and the other
   passes deselect them (`pytest_collection_modifyitems` below), so each runs once per suite.
+- `one_backend(NAME)`: an end-to-end run (a whole cascade, the main job, an app's kill and
+  resume) whose backend-specific parts (the training step, the sampler, saving, restoring) are
+  each checked on every backend by smaller tests here. `tools/run_tests.sh` runs it on the
+  named backend's pass only; the long ones are spread over the three backends so that each pass
+  runs some end to end. A plain `pytest` runs them all, on whatever backend it has.
 
 Trained fixtures are session-scoped and shared: a test must not write into one (copy it, e.g.
 `shutil.copytree(toy_teacher_dir, tmp_path / "t")`, when it needs to).
@@ -30,18 +35,26 @@ def _backend_free_runs_elsewhere():
 
 def pytest_report_header(config):
     header = f"keras backend: {keras.backend.backend()} (keras {keras.__version__})"
-    elsewhere = _backend_free_runs_elsewhere()
-    if elsewhere:
-        header += f"; backend_free tests deselected ({BACKEND_FREE_ENV}={elsewhere})"
+    if os.environ.get(BACKEND_FREE_ENV, "").strip():
+        header += (f"; suite pass ({BACKEND_FREE_ENV}={os.environ[BACKEND_FREE_ENV]}): "
+                   "backend_free and other backends' one_backend tests deselected")
     return header
 
 
+def _runs_elsewhere(item):
+    """Whether the suite (tools/run_tests.sh) runs this test on another backend's pass."""
+    if item.get_closest_marker("backend_free"):
+        return _backend_free_runs_elsewhere() is not None
+    one = item.get_closest_marker("one_backend")
+    return one is not None and one.args[0] != keras.backend.backend()
+
+
 def pytest_collection_modifyitems(config, items):
-    if _backend_free_runs_elsewhere() is None:
-        return
+    if not os.environ.get(BACKEND_FREE_ENV, "").strip():
+        return  # not the suite's split passes: run everything here
     keep, drop = [], []
     for item in items:
-        (drop if item.get_closest_marker("backend_free") else keep).append(item)
+        (drop if _runs_elsewhere(item) else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

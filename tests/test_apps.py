@@ -140,18 +140,24 @@ def test_train_with_sample_every_zero_writes_no_grids(tmp_path):
 
 
 def test_sample_app_is_reproducible_from_a_noise_file_compiled_or_not(tiny_teacher, tmp_path):
+    from keras_pd import checkpoint as ckpt
+
     noise = np.random.default_rng(0).standard_normal((10, 2)).astype("float32")
     np.save(tmp_path / "noise.npy", noise)
-    for name, extra in (("a", []), ("b", []), ("c", ["--nojit_compile"])):
+    for name, extra in (("a", []), ("c", ["--nojit_compile"])):
         run_app("sample", f"--checkpoint={tiny_teacher}", f"--noise_file={tmp_path}/noise.npy",
                 f"--output={tmp_path}/{name}", *extra)
-    a, b, c = (np.load(tmp_path / f"{n}.npz")["samples"] for n in "abc")
-    assert a.shape == (10, 2) and np.array_equal(a, b)
+    a, c = (np.load(tmp_path / f"{n}.npz")["samples"] for n in "ac")
+    # The app's samples are the library's from the same checkpoint and noise (card's 8 steps).
+    model, _ = ckpt.load_model(tiny_teacher)
+    np.testing.assert_allclose(a, model.sample(noise, 8, jit_compile=False), atol=1e-5)
+    assert a.shape == (10, 2)
     np.testing.assert_allclose(c, a, atol=1e-5)  # uncompiled (TensorFlow's default is XLA)
     assert a.min() >= -1 and a.max() <= 1
     assert os.path.exists(tmp_path / "a.png")
 
 
+@pytest.mark.one_backend("tensorflow")
 def test_killed_training_resumes_where_it_stopped(tmp_path):
     workdir = str(tmp_path / "run")
     flags = [f"--workdir={workdir}", "--train_steps=200", *TINY]
@@ -179,6 +185,7 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     assert epochs[-1] == 9 and len(epochs) <= 10 + 1
 
 
+@pytest.mark.one_backend("torch")
 def test_distill_app_cascade_and_sampling(tiny_teacher, tmp_path):
     out = str(tmp_path / "students")
     run_app("distill", f"--teacher={tiny_teacher}", f"--workdir={out}", "--end_steps=2",
@@ -214,6 +221,7 @@ def test_resume_with_other_parameterization_is_refused(tiny_teacher):
     assert card(tiny_teacher)["steps_trained"] == 40
 
 
+@pytest.mark.one_backend("torch")
 def test_checkpoint_from_another_backend_resumes_here(tmp_path):
     import keras
 

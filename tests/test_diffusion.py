@@ -134,7 +134,7 @@ def test_one_compiled_sampler_serves_every_step_count_and_gamma():
 @pytest.mark.slow
 def test_jit_compiled_sampler_equals_the_uncompiled_one():
     """`sample(jit_compile=True)` (XLA on TensorFlow, jax.jit, torch.compile) gives the samples
-    of `jit_compile=False`, for two step counts in one sampler, and the same ancestral noise
+    of `jit_compile=False`, and the same ancestral noise
     streams except on TensorFlow, whose XLA draws other normal numbers from the same seed."""
     keras.utils.set_random_seed(0)
     model = DiffusionModel(MLPDenoiser(2, width=16, num_blocks=1), (2,))
@@ -143,9 +143,10 @@ def test_jit_compiled_sampler_equals_the_uncompiled_one():
     model.sample(noise, 1, jit_compile=False)
     for w in model.network.weights:
         w.assign(0.3 * rng.standard_normal(w.shape).astype("float32"))
-    for n in (3, 4):
-        plain = model.sample(noise, n, jit_compile=False)
-        np.testing.assert_allclose(model.sample(noise, n, jit_compile=True), plain, atol=1e-5)
+    # (one compiled sampler for every step count: the test above, uncompiled; torch.compile
+    # takes most of a minute per graph here, so one deterministic step count)
+    plain = model.sample(noise, 4, jit_compile=False)
+    np.testing.assert_allclose(model.sample(noise, 4, jit_compile=True), plain, atol=1e-5)
     plain = [model.sample(noise, 4, "ancestral", gamma=0.5, seed=5, jit_compile=False)
              for _ in range(2)]
     jitted = []

@@ -166,6 +166,7 @@ def test_frozen_teacher_stays_frozen_after_save_and_reload(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend("torch")
 def test_cascade_to_four_steps_tracks_the_teacher(toy_teacher_dir, tmp_path):
     """256 -> 4 steps on toy2d: the student's 4-step samples land near the teacher's 256-step
     samples from the same noise, at most a third as far as the teacher's own 4-step DDIM."""

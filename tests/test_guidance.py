@@ -282,6 +282,7 @@ def test_guidance_range_is_checked():
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend("jax")
 def test_guided_students_follow_the_requested_label_on_toy2d(tmp_path):
     """A small run end to end: a class-conditional toy2d teacher with label dropout, guided
     distillation 8 -> w-input student -> 4 steps; the 4-step student's samples land on the

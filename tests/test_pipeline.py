@@ -11,6 +11,7 @@ from keras_pd.pipeline import QUICK, PipelineConfig, run_pipeline
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend("jax")
 def test_pipeline_end_to_end_on_digits_and_resume(tmp_path):
     workdir = str(tmp_path / "run")
     cfg = PipelineConfig(dataset="digits", **dict(QUICK, num_samples=100))
