@@ -37,6 +37,7 @@ import time
 import keras
 
 from keras_pd import checkpoint as ckpt
+from keras_pd.checks import check_positive_int
 from keras_pd.schedules import check_steps
 from keras_pd.tf_adapter import has_tensorflow, import_tensorflow
 
@@ -319,7 +320,7 @@ def export_sampler(checkpoint_dir, output, steps=None, format="saved_model", qua
     """
     check_format(format)
     check_quantize(quantize, format)
-    batch_size = check_steps(batch_size, "batch_size")
+    batch_size = check_positive_int(batch_size, "batch_size")
     if steps is not None:
         steps = check_steps(steps, "steps")
     if not output:

@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from keras_pd import checkpoint as ckpt
+from keras_pd.checks import check_positive_int
 from keras_pd.images import save_grid_png
 from keras_pd.schedules import check_steps
 
@@ -73,11 +74,11 @@ def generate(checkpoint, output, steps=None, sampler="ddim", gamma=0.0, num_samp
     """
     model, card = ckpt.load_model(checkpoint)
     steps = check_steps(steps if steps is not None else card["sampling_steps"], "steps")
-    check_steps(batch_size, "batch_size")
+    check_positive_int(batch_size, "batch_size")
     if noise_file:
         noise = load_noise(noise_file, model.data_shape)
     else:
-        check_steps(num_samples, "num_samples")
+        check_positive_int(num_samples, "num_samples")
         noise = np.random.default_rng(seed).standard_normal(
             (num_samples,) + model.data_shape).astype("float32")
     num = len(noise)

@@ -31,15 +31,13 @@ def check_gamma(gamma):
 def sampler_jit_compile(jit_compile=None, sampler="ddim"):
     """The `compile(jit_compile=...)` setting of a `Sampler`: the user's choice, or the default.
 
-    None picks the backend's fastest setting measured here (docs/performance.md, "Sampler
+    None picks the backend's fastest setting as measured in docs/performance.md ("Sampler
     compilation per backend"): True for DDIM on TensorFlow, whose default graph runs the loop
-    op by op while XLA fuses it (+30% samples/s on digits_mlp and the digits UNet; one
-    compilation of 2-6 s for every step count); "auto" elsewhere, i.e. jax.jit on JAX and eager
-    PyTorch, because torch.compile spends 35 s (MLP) to 2 min (UNet) on this CPU before the
-    first samples. The ancestral sampler keeps graph mode on TensorFlow: under XLA, TensorFlow's
-    stateless normal draws differ from the graph's for the same seed, and a seed should give the
-    same samples by default. True on PyTorch opts into torch.compile: worth it for many samples
-    (1.8x eager's samples/s on the digits UNet, 4.7x on digits_mlp).
+    op by op while XLA fuses it (one compilation serves every step count); "auto" elsewhere,
+    i.e. jax.jit on JAX and eager PyTorch, because torch.compile's first call is long on CPU.
+    The ancestral sampler keeps graph mode on TensorFlow: under XLA, TensorFlow's stateless
+    normal draws differ from the graph's for the same seed, and a seed should give the same
+    samples by default. True on PyTorch opts into torch.compile: worth it for many samples.
 
     Args:
         jit_compile: None, True, False or "auto".

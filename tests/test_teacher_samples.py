@@ -27,7 +27,8 @@ def teacher(tmp_path_factory):
 @pytest.fixture(scope="module")
 def labelled_teacher(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("ts") / "labelled")
-    train(TrainConfig(**dict(TINY, class_conditional=True)), workdir, verbose=0)
+    train(TrainConfig(**dict(TINY, class_conditional=True, label_dropout=0.1)), workdir,
+          verbose=0)
     return workdir
 
 
@@ -80,6 +81,24 @@ def test_class_conditional_teacher_is_sampled_per_label(labelled_teacher, tmp_pa
     noise = np.random.default_rng([0, 0]).standard_normal((100, 2)).astype("float32")
     np.testing.assert_allclose(x, model.sample(noise, 4, labels=labels), atol=1e-6)
     assert np.array_equal(labels, balanced_labels(100, 8, 0))
+
+
+def test_guided_distillation_on_teacher_samples(labelled_teacher, tmp_path):
+    """Guided distillation takes the same source: stage one and the cascade train on the
+    label-dropout teacher's conditional samples; the cascade's w-input teacher is sampled with
+    w from its guidance range when each round resamples."""
+    cfg = DistillConfig(updates_per_round=2, checkpoint_every=2, batch_size=32, guided=True,
+                        guided_updates=2, distill_data="teacher", teacher_samples=64,
+                        resample_each_round=True, end_steps=1)
+    done = distill(labelled_teacher, str(tmp_path), cfg, verbose=0)
+    assert [s for s, _ in done] == [2, 1]
+    stage_one = ckpt.read_card(str(tmp_path / "guided_0004"))
+    assert stage_one["distill_data"] == "teacher"
+    assert stage_one["teacher_samples"]["guidance_range"] is None  # the conditional teacher
+    # Round 2 distils the 2-step student on its own samples, w ~ U[0, 4] per sample.
+    resampled = ckpt.read_json(str(tmp_path / "student_0002" / SAMPLES_DIR / "card.json"))
+    assert resampled["guidance_range"] == [0.0, 4.0] and resampled["steps"] == 2
+    assert ckpt.read_card(done[-1][1])["teacher_samples"]["checksum"] == resampled["checksum"]
 
 
 def test_teacher_samples_need_no_dataset(teacher, tmp_path):
