@@ -49,6 +49,7 @@ def test_sample_set_is_a_pure_function_of_its_seed(teacher, tmp_path):
     np.testing.assert_allclose(a, model.sample(noise, 4), atol=1e-6)
 
 
+@pytest.mark.one_backend("torch")  # orchestration: rounds and sampling are tested per backend
 def test_cached_set_is_reused_and_a_bad_one_regenerated_with_a_warning(teacher, tmp_path):
     directory = str(tmp_path / SAMPLES_DIR)
     x, _, card = teacher_sample_set(teacher, directory, 200, seed=1, verbose=0)
@@ -83,6 +84,7 @@ def test_class_conditional_teacher_is_sampled_per_label(labelled_teacher, tmp_pa
     assert np.array_equal(labels, balanced_labels(100, 8, 0))
 
 
+@pytest.mark.one_backend("torch")  # orchestration: rounds and sampling are tested per backend
 def test_guided_distillation_on_teacher_samples(labelled_teacher, tmp_path):
     """Guided distillation takes the same source: stage one and the cascade train on the
     label-dropout teacher's conditional samples; the cascade's w-input teacher is sampled with
@@ -101,6 +103,7 @@ def test_guided_distillation_on_teacher_samples(labelled_teacher, tmp_path):
     assert ckpt.read_card(done[-1][1])["teacher_samples"]["checksum"] == resampled["checksum"]
 
 
+@pytest.mark.one_backend("torch")  # orchestration: rounds and sampling are tested per backend
 def test_teacher_samples_need_no_dataset(teacher, tmp_path):
     """A teacher whose dataset is absent distills on its own samples; on data it cannot."""
     orphan = str(tmp_path / "orphan")
@@ -118,6 +121,7 @@ def test_teacher_samples_need_no_dataset(teacher, tmp_path):
     assert c["data_shape"] == [2]
 
 
+@pytest.mark.one_backend("torch")  # orchestration: rounds and sampling are tested per backend
 def test_mix_is_the_union_of_data_and_samples(teacher, tmp_path):
     real = load_dataset("toy2d", seed=0)
     mix, info = distillation_data("mix", teacher, str(tmp_path), count=500, seed=0)
@@ -126,6 +130,7 @@ def test_mix_is_the_union_of_data_and_samples(teacher, tmp_path):
     assert info["examples"] == len(real) + 500 and info["distill_data"] == "mix"
 
 
+@pytest.mark.one_backend("torch")  # orchestration: rounds and sampling are tested per backend
 def test_bad_source_is_refused(teacher, tmp_path):
     with pytest.raises(ValueError, match="distill_data must be one of data, teacher, mix"):
         distill(teacher, str(tmp_path), DistillConfig(distill_data="noise"), verbose=0)
