@@ -174,6 +174,10 @@ def check_card_matches(card, model, where):
             have = list(have) if isinstance(have, tuple) else have
             if want != have:
                 raise CheckpointError(f"{where}: card says {key}={want!r}, model has {have!r}")
+    schedule = getattr(model, "schedule", None)
+    if "schedule" in card and schedule is not None and card["schedule"] != schedule.to_config():
+        raise CheckpointError(f"{where}: card says schedule={card['schedule']!r}, model has "
+                              f"{schedule.to_config()!r}")
 
 
 def file_sha256(path):

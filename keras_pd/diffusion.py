@@ -17,10 +17,11 @@ from keras_pd.replicas import replica_rows, replicas_in_step
 from keras_pd.schedules import (
     LOGSNR_MAX,
     LOGSNR_MIN,
+    CosineSchedule,
     alpha_sigma,
     check_steps,
     expand_to,
-    logsnr_cosine,
+    get_schedule,
     network_time,
 )
 from keras_pd.weighting import check_weighting
@@ -48,8 +49,10 @@ class DiffusionModel(Objective):
         weighting: "snr", "truncated_snr", "snr_plus_one" or "constant".
         num_classes: number of classes for a class-conditional model, else None.
         flip: random horizontal flips of training images (a Keras RandomFlip layer).
-        logsnr_min: lambda at t = 1 of the truncated cosine schedule.
+        logsnr_min: lambda at t = 1 of the truncated cosine schedule (when `schedule` is None).
         logsnr_max: lambda at t = 0.
+        schedule: the noise schedule (`schedules.get_schedule`: a Schedule, "cosine", "ddpm",
+            "flow" or a config dict); None: the truncated cosine of logsnr_min/logsnr_max.
         seed: seed of the model's SeedGenerator (t and eps draws).
         label_dropout: probability of training on the null label (index `num_classes`) instead
             of the example's: > 0 makes the model usable with classifier-free guidance.
@@ -62,7 +65,7 @@ class DiffusionModel(Objective):
 
     def __init__(self, network, data_shape, parameterization="x", weighting="truncated_snr",
                  num_classes=None, flip=False, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX,
-                 seed=None, label_dropout=0.0, **kwargs):
+                 seed=None, label_dropout=0.0, schedule=None, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.data_shape = tuple(int(d) for d in data_shape)
@@ -70,10 +73,10 @@ class DiffusionModel(Objective):
         self.weighting = check_weighting(weighting)
         self.num_classes = int(num_classes) if num_classes else None
         self.flip = bool(flip)
-        if not logsnr_min < logsnr_max:
-            raise ValueError(f"logsnr_min ({logsnr_min}) must be below logsnr_max ({logsnr_max})")
-        self.logsnr_min = float(logsnr_min)
-        self.logsnr_max = float(logsnr_max)
+        self.schedule = (CosineSchedule(logsnr_min, logsnr_max) if schedule is None
+                         else get_schedule(schedule))
+        self.logsnr_min = float(self.schedule.logsnr_min)
+        self.logsnr_max = float(self.schedule.logsnr_max)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         if not 0.0 <= float(label_dropout) < 1.0:
@@ -104,8 +107,8 @@ class DiffusionModel(Objective):
         self.built = True
 
     def logsnr(self, t):
-        """lambda(t) of this model's truncated cosine schedule."""
-        return logsnr_cosine(t, self.logsnr_min, self.logsnr_max)
+        """lambda(t) of this model's schedule."""
+        return self.schedule.logsnr(t)
 
     def network_time(self, logsnr):
         """The network's time input for lambda, clipped to this model's schedule range."""
@@ -301,6 +304,7 @@ class DiffusionModel(Objective):
             flip=self.flip,
             logsnr_min=self.logsnr_min,
             logsnr_max=self.logsnr_max,
+            schedule=self.schedule.to_config(),
             seed=self.seed,
             label_dropout=self.label_dropout,
         )

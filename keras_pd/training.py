@@ -19,6 +19,7 @@ from keras_pd.networks import make_network
 from keras_pd.networks.presets import get_preset
 from keras_pd.parameterization import check_parameterization, output_channels
 from keras_pd.runs import make_optimizer, resume_and_fit
+from keras_pd.schedules import SCHEDULES, get_schedule
 from keras_pd.weighting import check_weighting
 
 # Per-dataset defaults: what a user gets when leaving --preset and sizes unset.
@@ -48,6 +49,7 @@ class TrainConfig(distribute.ScaleOutConfig):
     preset: str | None = None
     parameterization: str = "x"
     weighting: str = "truncated_snr"
+    schedule: str = "cosine"
     train_steps: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
@@ -79,6 +81,7 @@ class TrainConfig(distribute.ScaleOutConfig):
             raise ValueError(f"no default preset for dataset {cfg.dataset!r}: pass --preset")
         check_parameterization(cfg.parameterization)
         check_weighting(cfg.weighting)
+        get_schedule(cfg.schedule)
         cfg.distribution = distribute.check_distribution(cfg.distribution)
         cfg.dtype_policy = distribute.check_dtype_policy(cfg.dtype_policy)
         for name in ("train_steps", "batch_size", "checkpoint_every", "sampling_steps"):
@@ -110,7 +113,7 @@ def build_teacher(cfg, dataset):
                            num_classes=num_classes, dropout=cfg.dropout)
     return DiffusionModel(network, dataset.data_shape, cfg.parameterization, cfg.weighting,
                           num_classes=num_classes, flip=dataset.flip, seed=cfg.seed,
-                          label_dropout=cfg.label_dropout)
+                          label_dropout=cfg.label_dropout, schedule=cfg.schedule)
 
 
 def card_for(cfg, dataset):
@@ -119,7 +122,7 @@ def card_for(cfg, dataset):
         kind="teacher", dataset=cfg.dataset, data_shape=list(dataset.data_shape),
         num_classes=dataset.num_classes if cfg.class_conditional else None,
         preset=cfg.preset, parameterization=cfg.parameterization, weighting=cfg.weighting,
-        schedule=dict(name="cosine", logsnr_min=-20.0, logsnr_max=20.0),
+        schedule=get_schedule(cfg.schedule).to_config(),
         sampling_steps=cfg.sampling_steps, steps_trained=0, seed=cfg.seed,
         config=dataclasses.asdict(cfg),
     )
@@ -127,7 +130,7 @@ def card_for(cfg, dataset):
 
 # Fields that must agree between a workdir's checkpoint and the flags of a resumed run.
 _RESUME_KEYS = ("dataset", "preset", "parameterization", "weighting", "class_conditional",
-                "label_dropout")
+                "label_dropout", "schedule")
 
 
 def train(config, workdir, verbose=1):
