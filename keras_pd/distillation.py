@@ -177,9 +177,10 @@ class DistillConfig(distribute.ScaleOutConfig):
         learning_rate: Adam's rate at the start of each round, decayed linearly to 0.
         batch_size: examples per update.
         weighting: loss weighting.
-        distill_data: what the student is trained on: "data" (the dataset), "teacher" (the
-            teacher's own DDIM samples, generated once into WORKDIR/teacher_samples; no dataset
-            needed) or "mix" (both).
+        distill_data: what the student is trained on: "teacher" (the default: the teacher's
+            own DDIM samples, generated once into WORKDIR/teacher_samples; no dataset needed),
+            "data" (the dataset, the paper's choice) or "mix" (both); measured in
+            docs/results.md.
         teacher_samples: how many teacher samples ("teacher" and "mix").
         teacher_sample_steps: the DDIM steps they are drawn with (None: the teacher's N0).
         resample_each_round: each round distils on samples of its own teacher (the previous
@@ -201,7 +202,7 @@ class DistillConfig(distribute.ScaleOutConfig):
     learning_rate: float = 3e-4
     batch_size: int = 128
     weighting: str = "truncated_snr"
-    distill_data: str = "data"
+    distill_data: str = "teacher"
     teacher_samples: int = 20000
     teacher_sample_steps: int | None = None
     resample_each_round: bool = False
@@ -242,6 +243,10 @@ def plan(cfg, teacher_card):
                  "teacher_samples"):
         check_positive_int(getattr(cfg, name), name)
     check_distill_data(cfg.distill_data)
+    if cfg.dataset and cfg.distill_data == "teacher":
+        raise ValueError(f"dataset {cfg.dataset!r} is not used when distilling on the teacher's "
+                         "own samples (distill_data=teacher): drop it, or distill on "
+                         "distill_data=data or mix")
     if cfg.teacher_sample_steps is not None:
         check_positive_int(cfg.teacher_sample_steps, "teacher_sample_steps")
     if cfg.learning_rate <= 0:
@@ -252,6 +257,21 @@ def plan(cfg, teacher_card):
         out.append(steps)
         steps //= 2
     return n0, out
+
+
+def check_student_dir(out_dir, teacher_dir, student_steps):
+    """The card already in `out_dir` (None when there is none), refused when it belongs to
+    another cascade (another teacher or step count)."""
+    if not os.path.exists(os.path.join(out_dir, ckpt.CARD_NAME)):
+        return None
+    card = ckpt.read_card(out_dir)
+    if card.get("teacher") != os.path.abspath(teacher_dir) or (
+            card.get("sampling_steps") != student_steps):
+        raise ckpt.CheckpointError(
+            f"{out_dir} holds a {card.get('sampling_steps')}-step student of "
+            f"{card.get('teacher')}, not a {student_steps}-step student of "
+            f"{os.path.abspath(teacher_dir)}: use another --workdir")
+    return card
 
 
 def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset, verbose=1,
@@ -267,16 +287,9 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
         The student's card.
     """
     teacher_card = ckpt.read_card(teacher_dir)
-    if os.path.exists(os.path.join(out_dir, ckpt.CARD_NAME)):
-        card = ckpt.read_card(out_dir)
-        if card.get("teacher") != os.path.abspath(teacher_dir) or (
-                card.get("sampling_steps") != student_steps):
-            raise ckpt.CheckpointError(
-                f"{out_dir} holds a {card.get('sampling_steps')}-step student of "
-                f"{card.get('teacher')}, not a {student_steps}-step student of "
-                f"{os.path.abspath(teacher_dir)}: use another --workdir")
-        if card.get("complete"):
-            return card
+    card = check_student_dir(out_dir, teacher_dir, student_steps)
+    if card is not None and card.get("complete"):
+        return card
     engine = distribute.from_config(cfg)
     engine.check_batch_size(cfg.batch_size)
     if list(dataset.data_shape) != teacher_card["data_shape"]:
@@ -346,6 +359,12 @@ def distill(teacher_dir, workdir, config=None, verbose=1):
     cfg = config or DistillConfig()
     teacher_card = ckpt.read_card(teacher_dir)
     n0, rounds = plan(cfg, teacher_card)
+    # Every round's directory is checked before anything is written (the sample set included).
+    chain = [(os.path.join(workdir, f"guided_{n0:04d}"), teacher_dir, n0)] if cfg.guided else []
+    for steps in rounds:
+        chain.append((student_dir(workdir, steps), chain[-1][0] if chain else teacher_dir, steps))
+    for out, teacher, steps in chain:
+        check_student_dir(out, teacher, steps)
 
     def data_of(teacher, directory):
         return distillation_data(

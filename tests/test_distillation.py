@@ -172,7 +172,8 @@ def test_cascade_to_four_steps_tracks_the_teacher(toy_teacher_dir, tmp_path):
     samples from the same noise, at most a third as far as the teacher's own 4-step DDIM."""
     done = distill(toy_teacher_dir, str(tmp_path),
                    DistillConfig(end_steps=4, updates_per_round=200, checkpoint_every=200,
-                                 learning_rate=1e-3, batch_size=256), verbose=0)
+                                 learning_rate=1e-3, batch_size=256, teacher_samples=5000),
+                   verbose=0)
     assert [s for s, _ in done] == [128, 64, 32, 16, 8, 4]
     teacher, _ = ckpt.load_model(toy_teacher_dir)
     student, card = ckpt.load_model(done[-1][1])
@@ -185,7 +186,8 @@ def test_cascade_to_four_steps_tracks_the_teacher(toy_teacher_dir, tmp_path):
     # Rerunning the finished cascade does no work and returns the same students.
     again = distill(toy_teacher_dir, str(tmp_path),
                     DistillConfig(end_steps=4, updates_per_round=200, checkpoint_every=200,
-                                  learning_rate=1e-3, batch_size=256), verbose=0)
+                                  learning_rate=1e-3, batch_size=256, teacher_samples=5000),
+                    verbose=0)
     assert again == done
 
 
