@@ -45,7 +45,7 @@ class DiffusionModel(Objective):
             network time in [0, 1] (see `schedules.network_time`); outputs C channels
             (2C for the "both" parameterization).
         data_shape: shape of one example, e.g. (8, 8, 1) or (2,).
-        parameterization: "eps", "x", "v" or "both".
+        parameterization: "eps", "x", "v", "both" or "flow" (the velocity eps - x).
         weighting: "snr", "truncated_snr", "snr_plus_one" or "constant".
         num_classes: number of classes for a class-conditional model, else None.
         flip: random horizontal flips of training images (a Keras RandomFlip layer).

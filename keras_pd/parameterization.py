@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from keras import ops
 
-PARAMETERIZATIONS = ("eps", "x", "v", "both")
+PARAMETERIZATIONS = ("eps", "x", "v", "both", "flow")
 
 
 class Prediction(NamedTuple):
@@ -69,6 +69,17 @@ def eps_from_v(z, v, alpha, sigma):
     return sigma * z + alpha * v
 
 
+def x_from_flow(z, u, alpha, sigma):
+    """x = (z - sigma u) / (alpha + sigma) for the flow velocity u = eps - x.
+
+    From z = alpha x + sigma eps = (alpha + sigma) x + sigma u; no identity of alpha and sigma
+    is used. In rectified flow's own coordinates (z_t = (1 - t) x + t eps, `FlowSchedule`) u is
+    the velocity dz_t/dt the flow-matching network predicts; here, in the variance-preserving
+    coordinates of the same lambda, the same u gives the same x.
+    """
+    return (z - sigma * u) / (alpha + sigma)
+
+
 def x_from_both(z, x_tilde, eps_tilde, alpha, sigma):
     """(x, eps) parameterization: x = sigma^2 x_tilde + alpha (z - sigma eps_tilde).
 
@@ -90,7 +101,8 @@ def predict(parameterization, output, z, alpha, sigma, clip=False):
 
     Args:
         parameterization: one of PARAMETERIZATIONS.
-        output: the network output; for "both", x_tilde and eps_tilde concatenated on the last axis.
+        output: the network output; for "both", x_tilde and eps_tilde concatenated on the last
+            axis; for "flow", the velocity u = eps - x.
         z: the noisy input z_t.
         alpha: alpha_t, broadcastable to z.
         sigma: sigma_t, broadcastable to z.
@@ -111,6 +123,9 @@ def predict(parameterization, output, z, alpha, sigma, clip=False):
     elif parameterization == "v":
         x = x_from_v(z, output, alpha, sigma)
         eps = eps_from_v(z, output, alpha, sigma)
+    elif parameterization == "flow":
+        x = x_from_flow(z, output, alpha, sigma)
+        eps = x + output
     else:
         x_tilde, eps_tilde = ops.split(output, 2, axis=-1)
         x = x_from_both(z, x_tilde, eps_tilde, alpha, sigma)

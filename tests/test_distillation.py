@@ -222,3 +222,58 @@ def test_student_time_grid_is_every_i_over_n_with_t_equal_to_one(n):
     assert counts[0] == 0  # never t = 0
     assert set(np.flatnonzero(counts)) == set(range(1, n + 1))  # every i, t = 1 included
     assert counts[1:].min() > 0.5 * rows / n  # about uniform
+
+
+def _native_coefficients(schedule, lam):
+    """(a, s) of the schedule's own coordinates from lambda, float64: z = a x + s eps with
+    a / s = exp(lambda / 2), and a^2 + s^2 = 1 (variance preserving) or a + s = 1 (flow)."""
+    r = np.exp(0.5 * lam)  # a / s
+    if schedule == "flow":
+        s = 1.0 / (1.0 + r)
+        return 1.0 - s, s
+    s = 1.0 / np.sqrt(1.0 + r * r)
+    return r * s, s
+
+
+@pytest.mark.parametrize("schedule", ["ddpm", "flow"])
+@pytest.mark.parametrize("parameterization", ["eps", "x", "v", "both", "flow"])
+def test_target_is_exact_in_the_schedules_own_coordinates(schedule, parameterization):
+    """Algorithm 2's target, computed in the variance-preserving coordinates of the schedule's
+    lambda, is exact in the schedule's own coordinates (DDPM; rectified flow, where DDIM is the
+    Euler step): one student DDIM step there with x_hat = x_tilde lands on the teacher's two
+    (float64 numpy, REFERENCE 4 written in the schedule's coordinates)."""
+    out = 4 if parameterization == "both" else 2
+    teacher = DiffusionModel(MLPDenoiser(out, width=32, num_blocks=2), (2,), parameterization,
+                             schedule=schedule)
+    rng = np.random.default_rng(0)
+    teacher.set_weights([w + rng.normal(0, 0.3, w.shape).astype(w.dtype)
+                         for w in teacher.get_weights()])
+    n = 4
+    i = np.array([4, 3, 2, 4, 3, 2], "float32")
+    t = i / n
+    lam = lambda tt: ops.convert_to_numpy(teacher.logsnr(tt.astype("float32"))).astype(  # noqa: E731
+        np.float64)
+    z_native = rng.standard_normal((6, 2))
+    a_t, s_t = (v[:, None] for v in _native_coefficients(schedule, lam(t)))
+    c_t = np.sqrt(a_t ** 2 + s_t ** 2)
+    x_tilde, _ = distillation_target(lambda z, l: teacher.denoise(z, l),
+                                     ops.convert_to_tensor((z_native / c_t).astype("float32")),
+                                     ops.convert_to_tensor(t), n, teacher.logsnr)
+    x_tilde = ops.convert_to_numpy(x_tilde).astype(np.float64)
+
+    def x_hat(z, tt):  # the teacher at a native z: fed its variance-preserving version
+        a, s = (v[:, None] for v in _native_coefficients(schedule, lam(tt)))
+        vp = (z / np.sqrt(a ** 2 + s ** 2)).astype("float32")
+        return ops.convert_to_numpy(teacher.denoise(vp, lam(tt).astype("float32")).x).astype(
+            np.float64)
+
+    def ddim(z, x, ta, tb):  # z_b = a_b x + s_b (z_a - a_a x) / s_a, the schedule's coordinates
+        (aa, sa), (ab, sb) = _native_coefficients(schedule, lam(ta)), \
+            _native_coefficients(schedule, lam(tb))
+        aa, sa, ab, sb = (v[:, None] for v in (aa, sa, ab, sb))
+        return ab * x + sb * (z - aa * x) / sa
+
+    t1, t2 = t - 0.5 / n, t - 1.0 / n
+    z1 = ddim(z_native, x_hat(z_native, t), t, t1)
+    z2 = ddim(z1, x_hat(z1, t1), t1, t2)
+    np.testing.assert_allclose(ddim(z_native, x_tilde, t, t2), z2, atol=3e-4, rtol=1e-4)
