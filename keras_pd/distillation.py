@@ -27,7 +27,8 @@ from keras_pd.replicas import replica_rows
 from keras_pd.runs import make_optimizer, resume_and_fit
 from keras_pd.samplers import ddim_step
 from keras_pd.schedules import alpha_sigma, check_steps, expand_to
-from keras_pd.teacher_samples import SAMPLES_DIR, check_distill_data, distillation_data
+from keras_pd.teacher_samples import (SAMPLES_DIR, check_data_shape, check_distill_data,
+                                      distillation_data)
 from keras_pd.weighting import check_weighting
 
 #: The paper's recipe: the rounds to 2 and 1 step get twice the updates of the others
@@ -292,10 +293,7 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
         return card
     engine = distribute.from_config(cfg)
     engine.check_batch_size(cfg.batch_size)
-    if list(dataset.data_shape) != teacher_card["data_shape"]:
-        raise ckpt.CheckpointError(
-            f"teacher was trained on data of shape {teacher_card['data_shape']}, "
-            f"{dataset.name!r} has shape {list(dataset.data_shape)}")
+    check_data_shape(teacher_card, dataset)
     updates = cfg.guided_updates if guided_stage else round_updates(cfg, student_steps)
     guidance_range = ((cfg.guidance_min, cfg.guidance_max) if guided_stage
                       else teacher_card.get("guidance_range"))

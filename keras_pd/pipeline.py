@@ -102,6 +102,18 @@ def _train_config(cfg):
                        label_dropout=cfg.label_dropout if cfg.guided else 0.0)
 
 
+def distill_config(cfg):
+    """The cascade's DistillConfig for a PipelineConfig."""
+    return DistillConfig(end_steps=cfg.end_steps, updates_per_round=cfg.updates_per_round,
+                         final_rounds_factor=cfg.final_rounds_factor,
+                         learning_rate=cfg.distill_learning_rate, seed=cfg.seed,
+                         distill_data=cfg.distill_data, teacher_samples=cfg.teacher_samples,
+                         batch_size=cfg.batch_size or _train_config(cfg).resolved().batch_size,
+                         checkpoint_every=min(cfg.checkpoint_every, cfg.updates_per_round),
+                         guided=cfg.guided, guidance_max=cfg.guidance_max,
+                         guided_updates=cfg.guided_updates)
+
+
 def _run_pipeline(workdir, cfg, verbose):
     timings_path = os.path.join(workdir, "timings.json")
     timings = ckpt.read_json(timings_path) if os.path.exists(timings_path) else {}
@@ -118,16 +130,7 @@ def _run_pipeline(workdir, cfg, verbose):
     teacher_dir = os.path.join(workdir, "teacher")
     train_cfg = _train_config(cfg)
     stage("train teacher", lambda: train(train_cfg, teacher_dir, verbose=2 if verbose else 0))
-    distill_cfg = DistillConfig(end_steps=cfg.end_steps, updates_per_round=cfg.updates_per_round,
-                                final_rounds_factor=cfg.final_rounds_factor,
-                                learning_rate=cfg.distill_learning_rate, seed=cfg.seed,
-                                distill_data=cfg.distill_data,
-                                teacher_samples=cfg.teacher_samples,
-                                batch_size=cfg.batch_size or train_cfg.resolved().batch_size,
-                                checkpoint_every=min(cfg.checkpoint_every,
-                                                     cfg.updates_per_round),
-                                guided=cfg.guided, guidance_max=cfg.guidance_max,
-                                guided_updates=cfg.guided_updates)
+    distill_cfg = distill_config(cfg)
     stage("distill", lambda: distill(teacher_dir, workdir, distill_cfg,
                                      verbose=2 if verbose else 0))
     if cfg.guided:

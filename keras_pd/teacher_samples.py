@@ -176,6 +176,16 @@ def teacher_sample_set(teacher_dir, directory, count, steps=None, seed=0, guidan
     return x, labels, card
 
 
+def check_data_shape(teacher_card, dataset):
+    """Raises CheckpointError when `dataset`'s examples are not the shape the teacher was
+    trained on."""
+    if list(dataset.data_shape) != teacher_card["data_shape"]:
+        raise ckpt.CheckpointError(
+            f"teacher was trained on data of shape {teacher_card['data_shape']} "
+            f"({teacher_card.get('dataset')}), dataset {dataset.name!r} has shape "
+            f"{list(dataset.data_shape)}")
+
+
 def distillation_data(source, teacher_dir, directory, *, count, steps=None, seed=0,
                       dataset=None, data_dir=None, guidance_range=None, verbose=1):
     """The examples a cascade distils on (`source`: one of DISTILL_DATA).
@@ -196,11 +206,7 @@ def distillation_data(source, teacher_dir, directory, *, count, steps=None, seed
             raise DatasetError(f"the teacher's card in {teacher_dir} names no dataset: give "
                                "--dataset, or distill on --distill_data=teacher")
         real = load_dataset(name, data_dir=data_dir, seed=seed)
-        if list(real.data_shape) != card["data_shape"]:
-            raise ckpt.CheckpointError(
-                f"teacher was trained on data of shape {card['data_shape']} "
-                f"({card.get('dataset')}), dataset {real.name!r} has shape "
-                f"{list(real.data_shape)}")
+        check_data_shape(card, real)
         if source == "data":
             return real, dict(distill_data="data", dataset=real.name, examples=len(real))
     x, labels, samples_card = teacher_sample_set(teacher_dir, directory, count, steps, seed,

@@ -13,6 +13,7 @@ mix20k=mix:20000, each20k=teacher:20000:each (every round samples its own teache
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -43,7 +44,7 @@ def main(argv=None):
     import keras
 
     from keras_pd import pipeline
-    from keras_pd.distillation import DistillConfig, distill
+    from keras_pd.distillation import distill
     from keras_pd.pipeline import PipelineConfig, run_pipeline
 
     variants = [parse_variant(v) for v in args.variants.split(",")]
@@ -61,15 +62,8 @@ def main(argv=None):
                                 os.path.join(workdir, "teacher"))
             t0 = time.time()
             if v["each"]:  # the cascade with resampling first, then the job finds it done
-                base = pipeline._train_config(cfg).resolved()
-                distill(os.path.join(workdir, "teacher"), workdir, DistillConfig(
-                    end_steps=cfg.end_steps, updates_per_round=cfg.updates_per_round,
-                    final_rounds_factor=cfg.final_rounds_factor,
-                    learning_rate=cfg.distill_learning_rate, seed=seed,
-                    batch_size=cfg.batch_size or base.batch_size,
-                    checkpoint_every=min(cfg.checkpoint_every, cfg.updates_per_round),
-                    distill_data=cfg.distill_data, teacher_samples=cfg.teacher_samples,
-                    resample_each_round=True), verbose=0)
+                distill(os.path.join(workdir, "teacher"), workdir, dataclasses.replace(
+                    pipeline.distill_config(cfg), resample_each_round=True), verbose=0)
             results = run_pipeline(workdir, cfg, verbose=0)
             rows = results["table"]["rows"]
             get = lambda row, s: rows[row].get(s, rows[row].get(str(s)))  # noqa: E731
