@@ -59,6 +59,18 @@ if BACKEND == "tensorflow":
     _import_tensorflow_quietly()
 
 
+def _define_shared_flags():
+    from absl import flags
+
+    if "unsafe_deserialization" not in flags.FLAGS:
+        flags.DEFINE_boolean("unsafe_deserialization", False,
+                             "Load models holding Python code (a Lambda layer), which Keras' "
+                             "safe mode refuses: only for files you trust.")
+
+
+_define_shared_flags()
+
+
 def _fail(message, code=2):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
@@ -85,6 +97,11 @@ def run(main):
         if len(argv) > 1:
             _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
         try:
+            from absl import flags
+
+            from keras_pd import checkpoint
+
+            checkpoint.allow_unsafe_deserialization(flags.FLAGS.unsafe_deserialization)
             return main(argv)
         except (ValueError, FloatingPointError) as e:
             _fail(" ".join(str(e).split()) or type(e).__name__)

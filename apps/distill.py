@@ -2,20 +2,57 @@
 
     python -m apps.distill --teacher=runs/digits/teacher --workdir=runs/digits --end_steps=1
 
-Students go to WORKDIR/student_NNNN; each is a run directory usable as --checkpoint for
-apps.sample and apps.export and as --teacher for a further round. Rerun to resume.
+A model trained elsewhere (a plain .keras file; docs/own-teacher.md) instead of a keras-pd run:
+
+    python -m apps.distill --teacher_model=my_ddim.keras --teacher_schedule=cosine \
+        --logsnr_min=-7.82 --logsnr_max=2.22 --teacher_parameterization=eps \
+        --teacher_input=noise_variance --teacher_steps=128 --end_steps=1 --workdir=runs/mine
+
+It is imported as WORKDIR/teacher first. Students go to WORKDIR/student_NNNN; each is a run
+directory usable as --checkpoint for apps.sample and apps.export and as --teacher for a further
+round. Rerun to resume.
 """
+
+import dataclasses
 
 from apps import common, scale_flags
 from absl import flags
 
 from keras_pd.distillation import DistillConfig, distill
+from keras_pd.imported import distill_imported, schedule_from_options
+from keras_pd.networks.foreign import CALL_STYLES, NOISE_INPUTS
+from keras_pd.parameterization import PARAMETERIZATIONS
+from keras_pd.schedules import DDPM_BETA_SCHEDULES, SCHEDULES
 from keras_pd.teacher_samples import DISTILL_DATA
 from keras_pd.weighting import WEIGHTINGS
 
 _D = DistillConfig()
-flags.DEFINE_string("teacher", None, "Teacher run directory (its card gives its steps).",
-                    required=True)
+flags.DEFINE_string("teacher", None, "Teacher run directory (its card gives its steps).")
+# A teacher trained elsewhere: a plain .keras model and how it was trained (docs/own-teacher.md).
+flags.DEFINE_string("teacher_model", None, "A .keras model trained elsewhere, instead of "
+                    "--teacher (needs --teacher_input and --teacher_steps).")
+flags.DEFINE_enum("teacher_schedule", "cosine", list(SCHEDULES), "Its noise schedule.")
+flags.DEFINE_float("logsnr_min", None, "cosine: lambda at t = 1 (default -20).")
+flags.DEFINE_float("logsnr_max", None, "cosine: lambda at t = 0 (default 20).")
+flags.DEFINE_integer("ddpm_timesteps", None, "ddpm: T (default 1000).")
+flags.DEFINE_float("beta_start", None, "ddpm: the first beta (default 1e-4).")
+flags.DEFINE_float("beta_end", None, "ddpm: the last beta (default 0.02).")
+flags.DEFINE_enum("beta_schedule", None, list(DDPM_BETA_SCHEDULES), "ddpm: default linear.")
+flags.DEFINE_float("flow_shift", None, "flow: the time shift (default 1: sigma = t).")
+flags.DEFINE_enum("teacher_parameterization", "eps", list(PARAMETERIZATIONS),
+                  "What it predicts (flow: the velocity eps - x).")
+flags.DEFINE_enum("teacher_input", None, list(NOISE_INPUTS), "The noise level it is fed.")
+flags.DEFINE_enum("teacher_call", "list", list(CALL_STYLES),
+                  "model([z, level]) (keras.io functional models) or model(z, level).")
+flags.DEFINE_integer("teacher_num_classes", None, "Classes of a model taking labels as its "
+                     "third input.")
+flags.DEFINE_integer("teacher_noise_rank", None, "Rank of its level input (4: [B, 1, 1, 1]; "
+                     "default: read from the model).")
+flags.DEFINE_boolean("teacher_reverse_time", False, "Flow time runs data (1) to noise (0); "
+                     "the model predicts x - eps.")
+flags.DEFINE_list("data_mean", None, "Per-channel pixel mean in [0, 1] of a model trained on "
+                  "standardized data (keras.io's Normalization layer).")
+flags.DEFINE_list("data_variance", None, "Per-channel pixel variance, with --data_mean.")
 flags.DEFINE_string("workdir", "runs/distill", "Where the students go.")
 flags.DEFINE_integer("teacher_steps", None, "Override the teacher's step count.")
 flags.DEFINE_integer("end_steps", None, "Distill down to this many steps (default: one round).")
@@ -50,10 +87,42 @@ scale_flags.define()
 FLAGS = flags.FLAGS
 
 
+def _floats(values, name):
+    try:
+        return None if values is None else [float(v) for v in values]
+    except ValueError:
+        raise ValueError(f"--{name} must be a comma-separated list of numbers, got "
+                         f"{','.join(values)}") from None
+
+
 def main(argv):
-    config = DistillConfig(**{name: FLAGS[name].value for name in DistillConfig.__dataclass_fields__})
-    for steps, path in distill(FLAGS.teacher, FLAGS.workdir, config,
-                               verbose=common.progress_verbosity()):
+    if bool(FLAGS.teacher) == bool(FLAGS.teacher_model):
+        raise ValueError("give one of --teacher (a keras-pd run directory) and --teacher_model "
+                         "(a .keras model trained elsewhere)")
+    fields = DistillConfig.__dataclass_fields__
+    config = DistillConfig(**{name: FLAGS[name].value for name in fields})
+    verbose = common.progress_verbosity()
+    if FLAGS.teacher:
+        done = distill(FLAGS.teacher, FLAGS.workdir, config, verbose=verbose)
+    else:
+        if FLAGS.teacher_input is None or FLAGS.teacher_steps is None:
+            raise ValueError("--teacher_model needs --teacher_input (how the model takes the "
+                             "noise level) and --teacher_steps (its DDIM step count)")
+        schedule = schedule_from_options(
+            FLAGS.teacher_schedule, logsnr_min=FLAGS.logsnr_min, logsnr_max=FLAGS.logsnr_max,
+            num_timesteps=FLAGS.ddpm_timesteps, beta_start=FLAGS.beta_start,
+            beta_end=FLAGS.beta_end, beta_schedule=FLAGS.beta_schedule, shift=FLAGS.flow_shift)
+        num_classes = FLAGS.teacher_num_classes
+        done = distill_imported(
+            FLAGS.teacher_model, FLAGS.workdir, dataclasses.replace(config, dataset=None),
+            FLAGS.teacher_steps, dataset=FLAGS.dataset, verbose=verbose, schedule=schedule,
+            parameterization=FLAGS.teacher_parameterization, noise_input=FLAGS.teacher_input,
+            call_style=FLAGS.teacher_call, num_classes=num_classes,
+            conditioning="labels" if num_classes else "none",
+            noise_rank=FLAGS.teacher_noise_rank, reverse_time=FLAGS.teacher_reverse_time,
+            data_mean=_floats(FLAGS.data_mean, "data_mean"),
+            data_variance=_floats(FLAGS.data_variance, "data_variance"))
+    for steps, path in done:
         print(f"{steps}-step student: {path}")
 
 

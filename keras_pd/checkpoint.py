@@ -35,6 +35,47 @@ class CheckpointError(ValueError):
     """A run directory is missing, unusable, or does not match what was asked for."""
 
 
+#: The opt-in flag named in the error for a model holding code (a `Lambda` layer).
+UNSAFE_FLAG = "--unsafe_deserialization"
+_unsafe = {"allowed": False}
+
+
+def allow_unsafe_deserialization(allowed=True):
+    """Lets `load_keras_file` load models holding Python code (Keras' safe_mode off, for the
+    rest of the process): only for files the user trusts (the apps' --unsafe_deserialization)."""
+    _unsafe["allowed"] = bool(allowed)
+    if allowed:  # copies of such a model (students, clones) deserialize it again
+        keras.config.enable_unsafe_deserialization()
+
+
+def load_keras_file(path):
+    """keras.saving.load_model(path) uncompiled, in Keras safe mode unless allowed otherwise.
+
+    Raises:
+        CheckpointError: one line: the file needs unsafe deserialization (naming the flag), or
+            it cannot be loaded (missing, corrupt, an unknown layer).
+    """
+    if not os.path.exists(path):
+        raise CheckpointError(f"no such file: {path}")
+    safe = not _unsafe["allowed"]
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=safe)
+    except Exception as e:  # corrupt zip, h5 or config: one clear line
+        detail = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
+        if safe and "safe_mode" in detail:
+            raise CheckpointError(
+                f"{path} holds Python code (a Lambda layer), which Keras refuses to load in safe "
+                f"mode: pass {UNSAFE_FLAG} (from Python: checkpoint.allow_unsafe_deserialization()) "
+                "only if you trust the file") from None
+        missing = re.search(r"Could not locate (?:function|class) '([^']+)'", detail)
+        if missing:
+            raise CheckpointError(
+                f"cannot load {path}: it uses {missing.group(1)!r}, a custom function or class "
+                "of the code that saved it: from Python, import that code, load the model and "
+                "pass the object") from None
+        raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {detail[:500]}") from None
+
+
 def atomic_write(path, write_fn):
     """Calls write_fn(tmp_path), then renames tmp_path to `path` (same directory, atomic).
 
@@ -144,7 +185,7 @@ def save_model(directory, model, card):
 
 
 def load_model(directory):
-    """Loads a run directory's model and card, in Keras safe mode.
+    """Loads a run directory's model and card, in Keras safe mode (`load_keras_file`).
 
     Returns:
         (model, card).
@@ -156,11 +197,7 @@ def load_model(directory):
     path = os.path.join(directory, MODEL_NAME)
     if not os.path.exists(path):
         raise CheckpointError(f"{directory} has a card but no {MODEL_NAME}")
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:  # corrupt zip, h5 or config: one clear line
-        detail = " ".join(str(e).split())[:500]
-        raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {detail}") from None
+    model = load_keras_file(path)
     check_card_matches(card, model, path)
     return model, card
 

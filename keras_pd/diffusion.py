@@ -7,6 +7,7 @@ weight the error against the true (x, eps, v).
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_pd import distribute
@@ -56,6 +57,14 @@ class DiffusionModel(Objective):
         seed: seed of the model's SeedGenerator (t and eps draws).
         label_dropout: probability of training on the null label (index `num_classes`) instead
             of the example's: > 0 makes the model usable with classifier-free guidance.
+        data_mean, data_variance: per-channel mean and variance of pixels in [0, 1] when the
+            model's data are standardized, m = (p - mean) / sqrt(variance) (a network trained
+            that way elsewhere, like the keras.io DDIM example's `Normalization` layer); None:
+            the data are images in [-1, 1]. Training batches and samples stay images in
+            [-1, 1] (`to_model_space`, `to_images`); x_hat is clipped to the images' range.
+
+    The network may instead take lambda itself (`takes_logsnr`, e.g. `networks.ForeignNetwork`,
+    a model trained elsewhere): it then gets lambda clipped to the schedule's range.
 
     A network built with `guidance=True` takes the guidance weight w as an input (a guided
     student, `guided_distillation.guided_student`); `denoise(..., guidance=w)` then calls it once.
@@ -65,7 +74,8 @@ class DiffusionModel(Objective):
 
     def __init__(self, network, data_shape, parameterization="x", weighting="truncated_snr",
                  num_classes=None, flip=False, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX,
-                 seed=None, label_dropout=0.0, schedule=None, **kwargs):
+                 seed=None, label_dropout=0.0, schedule=None, data_mean=None,
+                 data_variance=None, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.data_shape = tuple(int(d) for d in data_shape)
@@ -84,7 +94,10 @@ class DiffusionModel(Objective):
         if label_dropout and not self.num_classes:
             raise ValueError("label_dropout needs a class-conditional model (num_classes)")
         self.label_dropout = float(label_dropout)
+        self.data_mean, self.data_variance = check_data_scaling(data_mean, data_variance,
+                                                                self.data_shape[-1])
         self.takes_guidance = bool(getattr(network, "guidance", False))
+        self.takes_logsnr = bool(getattr(network, "takes_logsnr", False))
         if self.takes_guidance and not self.num_classes:
             raise ValueError("a network taking guidance needs a class-conditional model")
         # float32 flips under mixed policies too: images are data, not activations.
@@ -111,8 +124,42 @@ class DiffusionModel(Objective):
         return self.schedule.logsnr(t)
 
     def network_time(self, logsnr):
-        """The network's time input for lambda, clipped to this model's schedule range."""
+        """The network's time input for lambda, clipped to this model's schedule range: s
+        (`schedules.network_time`), or lambda itself for a network that `takes_logsnr`."""
+        if self.takes_logsnr:
+            return ops.clip(ops.convert_to_tensor(logsnr, "float32"), self.logsnr_min,
+                            self.logsnr_max)
         return network_time(logsnr, self.logsnr_min, self.logsnr_max)
+
+    def _offset_scale(self):
+        """(o, k) of x = k m + o between model space m and images x in [-1, 1], or None."""
+        if self.data_mean is None:
+            return None
+        mean = np.asarray(self.data_mean, "float32")
+        std = np.sqrt(np.asarray(self.data_variance, "float32"))
+        return ops.convert_to_tensor(2.0 * mean - 1.0), ops.convert_to_tensor(2.0 * std)
+
+    def to_model_space(self, images):
+        """Images in [-1, 1] -> the model's data space (unchanged unless standardized)."""
+        scaling = self._offset_scale()
+        if scaling is None:
+            return images
+        return (ops.convert_to_tensor(images, "float32") - scaling[0]) / scaling[1]
+
+    def to_images(self, x):
+        """The model's data space -> images in [-1, 1] (unchanged unless standardized)."""
+        scaling = self._offset_scale()
+        if scaling is None:
+            return x
+        return ops.convert_to_tensor(x, "float32") * scaling[1] + scaling[0]
+
+    def clip_range(self, clip=True):
+        """What `parameterization.clip_x` takes for a clipped x_hat: True ([-1, 1]), or the
+        per-channel range of images in [-1, 1] in a standardized model's space."""
+        scaling = self._offset_scale()
+        if not clip or scaling is None:
+            return bool(clip)
+        return (-1.0 - scaling[0]) / scaling[1], (1.0 - scaling[0]) / scaling[1]
 
     def check_input(self, z, name="z"):
         """Raises ValueError naming `name` when z is not [B, *data_shape]."""
@@ -136,7 +183,8 @@ class DiffusionModel(Objective):
             labels: int labels [B] for a class-conditional model, else None (the label
                 `num_classes` is the null label).
             training: dropout on or off.
-            clip: clip x_hat to [-1, 1] and recompute eps_hat from it (sampling only).
+            clip: clip x_hat to the data range ([-1, 1], `clip_range`) and recompute eps_hat
+                from it (sampling only).
             guidance: guidance weights w [B], or None: the network's input for a guided
                 student (None there means w = 0), classifier-free guidance otherwise.
 
@@ -162,7 +210,7 @@ class DiffusionModel(Objective):
             output = self.network(z, self.network_time(logsnr), labels, training=training)
         output = ops.cast(output, "float32")  # mixed policies: the diffusion math in float32
         return predict(self.parameterization, output, z, expand_to(alpha, z), expand_to(sigma, z),
-                       clip=clip)
+                       clip=self.clip_range(clip))
 
     def _classifier_free(self, z, logsnr, labels, guidance, training, clip):
         """Classifier-free guidance: one network call on [labels; null] stacked on the batch."""
@@ -181,7 +229,7 @@ class DiffusionModel(Objective):
         w = ops.broadcast_to(ops.reshape(ops.cast(guidance, "float32"), (-1,)), (batch,))
         alpha, sigma = alpha_sigma(logsnr)
         return guided_prediction(cond, uncond, w, z, expand_to(alpha, z), expand_to(sigma, z),
-                                 clip=clip)
+                                 clip=self.clip_range(clip))
 
     def denoiser(self):
         return self
@@ -211,7 +259,8 @@ class DiffusionModel(Objective):
         return Prediction(x, eps, v_from_x_eps(x, eps, alpha, sigma))
 
     def training_batch(self, x, training):
-        """A training batch as float32, checked, flipped when the model flips; with the row
+        """A training batch (images in [-1, 1]) as float32 in the model's data space, checked,
+        flipped when the model flips; with the row
         count of the global batch. Every training draw (t, eps, flips, labels dropped, and the
         distillation draws) is made for the global batch: under tf.distribute each replica keeps
         its rows, so the step equals the one-device step.
@@ -223,7 +272,7 @@ class DiffusionModel(Objective):
         self.check_input(x, "the training batch")
         if self.augment is not None and training:
             x = self.flip_batch(x)
-        return x, ops.shape(x)[0] * replicas_in_step()
+        return self.to_model_space(x), ops.shape(x)[0] * replicas_in_step()
 
     def flip_batch(self, x):
         """Random horizontal flips of a training batch (global-batch draws, like t and eps)."""
@@ -308,6 +357,8 @@ class DiffusionModel(Objective):
             seed=self.seed,
             label_dropout=self.label_dropout,
         )
+        if self.data_mean is not None:
+            config.update(data_mean=self.data_mean, data_variance=self.data_variance)
         return config
 
     @classmethod
@@ -315,6 +366,27 @@ class DiffusionModel(Objective):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
+
+
+def check_data_scaling(mean, variance, channels):
+    """The per-channel (mean, variance) of a standardized model as lists of floats, or
+    (None, None); ValueError naming the argument for a wrong length or a variance <= 0."""
+    if mean is None and variance is None:
+        return None, None
+    if mean is None or variance is None:
+        raise ValueError("data_mean and data_variance go together: give both or neither")
+    out = []
+    for name, values in (("data_mean", mean), ("data_variance", variance)):
+        values = [float(v) for v in np.ravel(np.asarray(values, "float64"))]
+        if len(values) == 1:
+            values = values * channels
+        if len(values) != channels:
+            raise ValueError(f"{name} has {len(values)} values; the data have {channels} "
+                             "channels")
+        out.append(values)
+    if not all(v > 0 and np.isfinite(v) for v in out[1]):
+        raise ValueError(f"data_variance must be positive, got {out[1]}")
+    return out[0], out[1]
 
 
 def rebuild(model, dtype_policy=None, network_updates=None, **updates):

@@ -15,7 +15,7 @@ GuidanceDistillationModel`), then distils that student progressively with w pass
 import keras
 from keras import ops
 
-from keras_pd.parameterization import Prediction, prediction_from_x, v_from_x_eps
+from keras_pd.parameterization import Prediction, clip_x, prediction_from_x, v_from_x_eps
 
 GUIDANCE_MAX = 100.0
 
@@ -64,15 +64,16 @@ def guided_prediction(cond, uncond, w, z, alpha, sigma, clip=False):
         uncond: Prediction with the null label.
         w: guidance weights [B].
         z: z_t; alpha, sigma: alpha_t and sigma_t broadcastable to z.
-        clip: clip the guided x_hat (sampling only).
+        clip: clip the guided x_hat (sampling only): True, or a (low, high) pair
+            (`parameterization.clip_x`).
 
     Returns:
         Prediction(x, eps, v).
     """
     z, alpha, sigma = (ops.convert_to_tensor(v, "float32") for v in (z, alpha, sigma))
     x = guided_x(ops.convert_to_tensor(cond.x), ops.convert_to_tensor(uncond.x), w)
-    if clip:
-        return prediction_from_x(z, ops.clip(x, -1.0, 1.0), alpha, sigma)
+    if clip is not None and clip is not False:
+        return prediction_from_x(z, clip_x(x, clip), alpha, sigma)
     eps = guided_x(ops.convert_to_tensor(cond.eps), ops.convert_to_tensor(uncond.eps), w)
     return Prediction(x, eps, v_from_x_eps(x, eps, alpha, sigma))
 

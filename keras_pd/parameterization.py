@@ -89,6 +89,16 @@ def x_from_both(z, x_tilde, eps_tilde, alpha, sigma):
     return ops.square(sigma) * x_tilde + alpha * (z - sigma * eps_tilde)
 
 
+def clip_x(x, clip):
+    """x_hat clipped to the data range: [-1, 1] for clip=True, [low, high] for a pair
+    (broadcastable to x: a model whose data are standardized per channel, `DiffusionModel`'s
+    data_mean and data_variance); unchanged for clip=False or None."""
+    if clip is None or clip is False:
+        return x
+    low, high = (-1.0, 1.0) if clip is True else clip
+    return ops.clip(x, low, high)
+
+
 def prediction_from_x(z, x, alpha, sigma):
     """The full Prediction when x_hat is known: eps and v recomputed from it."""
     z, x, alpha, sigma = _tensors(z, x, alpha, sigma)
@@ -106,8 +116,8 @@ def predict(parameterization, output, z, alpha, sigma, clip=False):
         z: the noisy input z_t.
         alpha: alpha_t, broadcastable to z.
         sigma: sigma_t, broadcastable to z.
-        clip: clip x_hat to [-1, 1] (sampling only). eps_hat is then recomputed from the
-            clipped x_hat, as it must be (REFERENCE 8).
+        clip: clip x_hat to [-1, 1], or to a (low, high) pair (`clip_x`; sampling only).
+            eps_hat is then recomputed from the clipped x_hat, as it must be (REFERENCE 8).
 
     Returns:
         Prediction(x, eps, v).
@@ -130,6 +140,6 @@ def predict(parameterization, output, z, alpha, sigma, clip=False):
         x_tilde, eps_tilde = ops.split(output, 2, axis=-1)
         x = x_from_both(z, x_tilde, eps_tilde, alpha, sigma)
         eps = eps_from_x(z, x, alpha, sigma)
-    if clip:
-        return prediction_from_x(z, ops.clip(x, -1.0, 1.0), alpha, sigma)
+    if clip is not None and clip is not False:
+        return prediction_from_x(z, clip_x(x, clip), alpha, sigma)
     return Prediction(x, eps, v_from_x_eps(x, eps, alpha, sigma))

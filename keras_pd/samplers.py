@@ -194,7 +194,7 @@ class Sampler(keras.Model):
         num_steps: N >= 1, or None: given with the inputs.
         sampler: "ddim" or "ancestral".
         gamma: ancestral variance interpolation g in [0, 1] (ignored when num_steps is None).
-        clip: clip x_hat to [-1, 1] at every step (eps_hat recomputed from it).
+        clip: clip x_hat to the data range at every step (eps_hat recomputed from it).
         seed: seed of the ancestral sampler's noise.
         unroll: unroll the step loop in Python (see `sample_loop`); used by export.
         jit_compile: how `predict_on_batch` compiles (`sampler_jit_compile`): None for the
@@ -230,5 +230,6 @@ class Sampler(keras.Model):
             return self.diffusion.denoise(z, logsnr, labels=labels, clip=self.clip,
                                           guidance=guidance)
 
-        return sample_loop(denoise, noise, num_steps, self.sampler, gamma,
-                           self.seed_generator, self.diffusion.logsnr, self.unroll)
+        samples = sample_loop(denoise, noise, num_steps, self.sampler, gamma,
+                              self.seed_generator, self.diffusion.logsnr, self.unroll)
+        return self.diffusion.to_images(samples)  # unchanged unless the model is standardized

@@ -147,9 +147,19 @@ class Schedule:
     def logsnr(self, t):
         raise NotImplementedError
 
+    def time(self, logsnr):
+        """The inverse of `logsnr`: the t in [0, 1] at which the schedule reaches lambda (lambda
+        outside [logsnr_min, logsnr_max] maps to the nearest end). A foreign network fed its own
+        time or DDPM step needs it (`networks.foreign`)."""
+        raise NotImplementedError
+
     def coefficients(self, t):
         """(a_t, s_t) of z_t = a_t x + s_t eps in the schedule's own coordinates."""
         return alpha_sigma(self.logsnr(t))
+
+    def coefficients_at(self, logsnr):
+        """(a, s) in the schedule's own coordinates at lambda (no round trip through t)."""
+        return alpha_sigma(logsnr)
 
     def scale(self, t):
         """c_t = sqrt(a_t^2 + s_t^2): the schedule's z_t is c_t times the variance-preserving z_t."""
@@ -193,6 +203,13 @@ class CosineSchedule(Schedule):
 
     def logsnr(self, t):
         return logsnr_cosine(t, self.logsnr_min, self.logsnr_max)
+
+    def time(self, logsnr):
+        """t = (arctan(exp(-lambda / 2)) - b) / a, the inverse of `logsnr_cosine`."""
+        b = math.atan(math.exp(-0.5 * self.logsnr_max))
+        a = math.atan(math.exp(-0.5 * self.logsnr_min)) - b
+        lam = ops.clip(ops.convert_to_tensor(logsnr, "float32"), self.logsnr_min, self.logsnr_max)
+        return ops.clip((ops.arctan(ops.exp(-0.5 * lam)) - b) / a, 0.0, 1.0)
 
     def get_config(self):
         return dict(logsnr_min=self.logsnr_min, logsnr_max=self.logsnr_max)
@@ -263,6 +280,20 @@ class DDPMSchedule(Schedule):
         lam_lo, lam_hi = ops.take(grid, lo_i), ops.take(grid, lo_i + 1)
         return lam_lo + frac * (lam_hi - lam_lo)
 
+    def time(self, logsnr):
+        """The inverse of the piecewise-linear lambda: t = (i + fraction) / T on the grid cell
+        whose two lambdas bracket the given one."""
+        ascending = ops.convert_to_tensor(-self._grid)  # -lambda at t = i / T, increasing in i
+        v = -ops.clip(ops.convert_to_tensor(logsnr, "float32"), self.logsnr_min, self.logsnr_max)
+        shape = ops.shape(v)
+        v = ops.reshape(v, (-1,))
+        hi = ops.searchsorted(ascending, v, side="right")
+        lo = ops.clip(ops.cast(hi, "int32") - 1, 0, self.num_timesteps - 1)
+        g_lo, g_hi = ops.take(ascending, lo), ops.take(ascending, lo + 1)
+        frac = ops.clip((v - g_lo) / (g_hi - g_lo), 0.0, 1.0)
+        t = (ops.cast(lo, "float32") + frac) / float(self.num_timesteps)
+        return ops.reshape(t, shape)
+
     def get_config(self):
         return dict(num_timesteps=self.num_timesteps, beta_start=self.beta_start,
                     beta_end=self.beta_end, beta_schedule=self.beta_schedule)
@@ -300,8 +331,20 @@ class FlowSchedule(Schedule):
         lam = 2.0 * (ops.log(ops.maximum(1.0 - sigma, 1e-30)) - ops.log(sigma))
         return ops.clip(lam, self.logsnr_min, self.logsnr_max)
 
+    def time(self, logsnr):
+        """sigma = 1 / (1 + exp(lambda / 2)), then the shift undone: t = sigma / (shift -
+        (shift - 1) sigma)."""
+        lam = ops.clip(ops.convert_to_tensor(logsnr, "float32"), self.logsnr_min, self.logsnr_max)
+        sigma = ops.sigmoid(-0.5 * lam)
+        return sigma / (self.shift - (self.shift - 1.0) * sigma)
+
     def coefficients(self, t):
         sigma = self.sigma(t)
+        return 1.0 - sigma, sigma
+
+    def coefficients_at(self, logsnr):
+        """sigma = 1 / (1 + exp(lambda / 2)), a = 1 - sigma."""
+        sigma = ops.sigmoid(-0.5 * ops.convert_to_tensor(logsnr, "float32"))
         return 1.0 - sigma, sigma
 
     @property

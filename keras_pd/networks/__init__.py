@@ -1,5 +1,6 @@
-"""Denoising networks: the official UNet, a residual MLP, and presets."""
+"""Denoising networks: the official UNet, a residual MLP, presets, and models trained elsewhere."""
 
+from keras_pd.networks.foreign import ForeignNetwork
 from keras_pd.networks.layers import AttentionBlock, ResBlock, timestep_embedding
 from keras_pd.networks.mlp import MLPDenoiser
 from keras_pd.networks.presets import PRESETS, get_preset, make_network
@@ -7,6 +8,7 @@ from keras_pd.networks.unet import UNet
 
 __all__ = [
     "AttentionBlock",
+    "ForeignNetwork",
     "MLPDenoiser",
     "PRESETS",
     "ResBlock",
