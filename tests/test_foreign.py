@@ -174,6 +174,7 @@ def lambda_model(path):
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend("torch")  # app subprocesses: one pass of tools/run_tests.sh is enough
 def test_distill_app_refuses_a_lambda_model_without_the_flag_then_distills_it(tmp_path):
     path, workdir = str(tmp_path / "m.keras"), str(tmp_path / "w")
     lambda_model(path)
@@ -202,7 +203,7 @@ def test_distill_app_refuses_a_lambda_model_without_the_flag_then_distills_it(tm
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend("jax")
+@pytest.mark.one_backend("jax")  # 30 s on JAX, about 10x that on PyTorch here
 def test_a_reversed_time_flow_teacher_trained_elsewhere_distills_end_to_end(tmp_path):
     """A rectified-flow model in another codebase's convention (time 1 at the data, predicting
     x - eps, a [B, 1] time input), trained by its own plain Keras loop, saved as .keras and

@@ -102,8 +102,8 @@ def noisy_batch(kind, x, rng, mean=None, std=None):
     return [(1 - tt) * x + tt * eps, t], eps - x
 
 
-def train_teacher(kind, seed, path, steps, batch_size=128, chunk=500):
-    """Trains one kind's network with plain `fit` calls on fresh draws; saves it to `path`."""
+def train_teacher(kind, seed, path, steps, batch_size=128):
+    """Trains one kind's network with one plain `fit` on fresh draws; saves it to `path`."""
     import keras
 
     from keras_pd.data import load_dataset
@@ -118,10 +118,14 @@ def train_teacher(kind, seed, path, steps, batch_size=128, chunk=500):
                                          ema_momentum=0.999),
                   loss="mean_absolute_error" if kind == "kerasio" else "mean_squared_error")
     t0 = time.time()
-    for _ in range(steps // chunk):
-        batch = x[rng.integers(0, len(x), chunk * batch_size)]
-        inputs, target = noisy_batch(kind, batch, rng, mean, np.sqrt(var))
-        model.fit(inputs, target, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+
+    def batches():  # fresh examples, noise and times for every update
+        while True:
+            inputs, target = noisy_batch(kind, x[rng.integers(0, len(x), batch_size)], rng,
+                                         mean, np.sqrt(var))
+            yield tuple(inputs), target
+
+    model.fit(batches(), steps_per_epoch=steps, epochs=1, verbose=0)
     model.optimizer.finalize_variable_values(model.trainable_variables)  # the EMA weights
     tmp = path + ".tmp.keras"
     model.save(tmp)
