@@ -26,6 +26,8 @@ import warnings
 import keras
 import numpy as np
 
+from keras_pd.checks import one_line
+
 CARD_NAME = "card.json"
 MODEL_NAME = "model.keras"
 CARD_VERSION = 1
@@ -61,7 +63,7 @@ def load_keras_file(path):
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=safe)
     except Exception as e:  # corrupt zip, h5 or config: one clear line
-        detail = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
+        detail = one_line(e, limit=None)
         if safe and "safe_mode" in detail:
             raise CheckpointError(
                 f"{path} holds Python code (a Lambda layer), which Keras refuses to load in safe "

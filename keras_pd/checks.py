@@ -3,6 +3,7 @@ keras_pd), each raising a one-line ValueError that names the argument."""
 
 import math
 import operator
+import re
 
 import numpy as np
 
@@ -14,6 +15,13 @@ def _describe(value):
         return f"an array of shape {tuple(shape)}"
     text = " ".join(repr(value).split())
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def one_line(error, limit=500):
+    """An exception's message as one bounded line: whitespace collapsed, terminal colour codes
+    (Keras bolds parts of its messages) removed."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split())
+    return text[:limit]
 
 
 def check_positive_int(value, name):

@@ -96,6 +96,10 @@ class DiffusionModel(Objective):
         self.label_dropout = float(label_dropout)
         self.data_mean, self.data_variance = check_data_scaling(data_mean, data_variance,
                                                                 self.data_shape[-1])
+        # x = scale m + offset between model space m and images x in [-1, 1] (numpy, per channel).
+        self._scaling = None if self.data_mean is None else (
+            2.0 * np.asarray(self.data_mean, "float32") - 1.0,
+            2.0 * np.sqrt(np.asarray(self.data_variance, "float32")))
         self.takes_guidance = bool(getattr(network, "guidance", False))
         self.takes_logsnr = bool(getattr(network, "takes_logsnr", False))
         if self.takes_guidance and not self.num_classes:
@@ -131,35 +135,27 @@ class DiffusionModel(Objective):
                             self.logsnr_max)
         return network_time(logsnr, self.logsnr_min, self.logsnr_max)
 
-    def _offset_scale(self):
-        """(o, k) of x = k m + o between model space m and images x in [-1, 1], or None."""
-        if self.data_mean is None:
-            return None
-        mean = np.asarray(self.data_mean, "float32")
-        std = np.sqrt(np.asarray(self.data_variance, "float32"))
-        return ops.convert_to_tensor(2.0 * mean - 1.0), ops.convert_to_tensor(2.0 * std)
-
     def to_model_space(self, images):
         """Images in [-1, 1] -> the model's data space (unchanged unless standardized)."""
-        scaling = self._offset_scale()
-        if scaling is None:
+        if self._scaling is None:
             return images
-        return (ops.convert_to_tensor(images, "float32") - scaling[0]) / scaling[1]
+        offset, scale = self._scaling
+        return (ops.convert_to_tensor(images, "float32") - offset) / scale
 
     def to_images(self, x):
         """The model's data space -> images in [-1, 1] (unchanged unless standardized)."""
-        scaling = self._offset_scale()
-        if scaling is None:
+        if self._scaling is None:
             return x
-        return ops.convert_to_tensor(x, "float32") * scaling[1] + scaling[0]
+        offset, scale = self._scaling
+        return ops.convert_to_tensor(x, "float32") * scale + offset
 
     def clip_range(self, clip=True):
         """What `parameterization.clip_x` takes for a clipped x_hat: True ([-1, 1]), or the
         per-channel range of images in [-1, 1] in a standardized model's space."""
-        scaling = self._offset_scale()
-        if not clip or scaling is None:
+        if not clip or self._scaling is None:
             return bool(clip)
-        return (-1.0 - scaling[0]) / scaling[1], (1.0 - scaling[0]) / scaling[1]
+        offset, scale = self._scaling
+        return (-1.0 - offset) / scale, (1.0 - offset) / scale
 
     def check_input(self, z, name="z"):
         """Raises ValueError naming `name` when z is not [B, *data_shape]."""
@@ -260,10 +256,10 @@ class DiffusionModel(Objective):
 
     def training_batch(self, x, training):
         """A training batch (images in [-1, 1]) as float32 in the model's data space, checked,
-        flipped when the model flips; with the row
-        count of the global batch. Every training draw (t, eps, flips, labels dropped, and the
-        distillation draws) is made for the global batch: under tf.distribute each replica keeps
-        its rows, so the step equals the one-device step.
+        flipped when the model flips; with the row count of the global batch. Every training
+        draw (t, eps, flips, labels dropped, and the distillation draws) is made for the global
+        batch: under tf.distribute each replica keeps its rows, so the step equals the
+        one-device step.
 
         Returns:
             (x, rows).

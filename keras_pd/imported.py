@@ -9,11 +9,11 @@ students are ordinary keras-pd students (copies of the wrapped model, trained by
 
 import inspect
 import os
-import re
 
 from keras import ops
 
 from keras_pd import checkpoint as ckpt
+from keras_pd.checks import one_line
 from keras_pd.diffusion import DiffusionModel
 from keras_pd.networks.foreign import ForeignNetwork, data_shape_of
 from keras_pd.parameterization import check_parameterization, output_channels
@@ -71,7 +71,7 @@ def foreign_teacher(model, schedule, parameterization, noise_input, call_style="
     try:
         out = network(z, ops.zeros((2,)), labels, training=False)
     except Exception as e:  # any failure of the user's model on this call convention
-        detail = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())[:300]
+        detail = one_line(e, limit=300)
         raise ValueError(f"calling the model as {call_style} [noisy data, {noise_input}"
                          f"{', labels' if num_classes else ''}] failed: {type(e).__name__}: "
                          f"{detail}") from None
