@@ -15,14 +15,13 @@ round. Rerun to resume.
 
 import dataclasses
 
-from apps import common, scale_flags
+from apps import common, scale_flags, schedule_flags
 from absl import flags
 
 from keras_pd.distillation import DistillConfig, distill
-from keras_pd.imported import distill_imported, schedule_from_options
+from keras_pd.imported import distill_imported
 from keras_pd.networks.foreign import CALL_STYLES, NOISE_INPUTS
 from keras_pd.parameterization import PARAMETERIZATIONS
-from keras_pd.schedules import DDPM_BETA_SCHEDULES, SCHEDULES
 from keras_pd.teacher_samples import DISTILL_DATA
 from keras_pd.weighting import WEIGHTINGS
 
@@ -31,14 +30,7 @@ flags.DEFINE_string("teacher", None, "Teacher run directory (its card gives its 
 # A teacher trained elsewhere: a plain .keras model and how it was trained (docs/own-teacher.md).
 flags.DEFINE_string("teacher_model", None, "A .keras model trained elsewhere, instead of "
                     "--teacher (needs --teacher_input and --teacher_steps).")
-flags.DEFINE_enum("teacher_schedule", "cosine", list(SCHEDULES), "Its noise schedule.")
-flags.DEFINE_float("logsnr_min", None, "cosine: lambda at t = 1 (default -20).")
-flags.DEFINE_float("logsnr_max", None, "cosine: lambda at t = 0 (default 20).")
-flags.DEFINE_integer("ddpm_timesteps", None, "ddpm: T (default 1000).")
-flags.DEFINE_float("beta_start", None, "ddpm: the first beta (default 1e-4).")
-flags.DEFINE_float("beta_end", None, "ddpm: the last beta (default 0.02).")
-flags.DEFINE_enum("beta_schedule", None, list(DDPM_BETA_SCHEDULES), "ddpm: default linear.")
-flags.DEFINE_float("flow_shift", None, "flow: the time shift (default 1: sigma = t).")
+schedule_flags.define("teacher_schedule", "cosine", "Its noise schedule.")
 flags.DEFINE_enum("teacher_parameterization", "eps", list(PARAMETERIZATIONS),
                   "What it predicts (flow: the velocity eps - x).")
 flags.DEFINE_enum("teacher_input", None, list(NOISE_INPUTS), "The noise level it is fed.")
@@ -83,6 +75,12 @@ flags.DEFINE_boolean("guided", _D.guided, "Guided distillation (Meng et al. 2023
 flags.DEFINE_float("guidance_min", _D.guidance_min, "Smallest guidance weight w trained.")
 flags.DEFINE_float("guidance_max", _D.guidance_max, "Largest guidance weight w trained.")
 flags.DEFINE_integer("guided_updates", _D.guided_updates, "Updates of the w-input stage.")
+flags.DEFINE_enum("student_parameterization", None, list(PARAMETERIZATIONS),
+                  "What the students predict (default: the teacher's). Another adds an initial "
+                  "round learning the teacher's denoiser (e.g. a v student of an eps teacher, "
+                  "better at 1-2 steps).")
+flags.DEFINE_integer("initial_updates", None, "Updates of that initial round (default: "
+                     "--updates_per_round).")
 scale_flags.define()
 FLAGS = flags.FLAGS
 
@@ -108,10 +106,7 @@ def main(argv):
         if FLAGS.teacher_input is None or FLAGS.teacher_steps is None:
             raise ValueError("--teacher_model needs --teacher_input (how the model takes the "
                              "noise level) and --teacher_steps (its DDIM step count)")
-        schedule = schedule_from_options(
-            FLAGS.teacher_schedule, logsnr_min=FLAGS.logsnr_min, logsnr_max=FLAGS.logsnr_max,
-            num_timesteps=FLAGS.ddpm_timesteps, beta_start=FLAGS.beta_start,
-            beta_end=FLAGS.beta_end, beta_schedule=FLAGS.beta_schedule, shift=FLAGS.flow_shift)
+        schedule = schedule_flags.schedule("teacher_schedule")
         num_classes = FLAGS.teacher_num_classes
         done = distill_imported(
             FLAGS.teacher_model, FLAGS.workdir, dataclasses.replace(config, dataset=None),

@@ -3,13 +3,12 @@
     python -m apps.train --dataset=digits --workdir=runs/digits/teacher
 """
 
-from apps import common, scale_flags
+from apps import common, scale_flags, schedule_flags
 from absl import flags
 
 from keras_pd.data import BUILTIN_DATASETS
 from keras_pd.parameterization import PARAMETERIZATIONS
 from keras_pd.training import TrainConfig, train
-from keras_pd.schedules import SCHEDULES
 from keras_pd.weighting import WEIGHTINGS
 
 _D = TrainConfig()
@@ -19,8 +18,8 @@ flags.DEFINE_string("preset", None, "Network preset (default: the dataset's).")
 flags.DEFINE_enum("parameterization", _D.parameterization, list(PARAMETERIZATIONS),
                   "What the network predicts.")
 flags.DEFINE_enum("weighting", _D.weighting, list(WEIGHTINGS), "Loss weighting.")
-flags.DEFINE_enum("schedule", _D.schedule, list(SCHEDULES), "Noise schedule: the truncated "
-                  "cosine, DDPM's linear betas (T = 1000), or rectified flow (docs/training.md).")
+schedule_flags.define("schedule", _D.schedule, "Noise schedule: the truncated cosine, DDPM's "
+                      "discrete betas, or rectified flow (docs/training.md).")
 flags.DEFINE_integer("train_steps", None, "Updates in total (default: the dataset's).")
 flags.DEFINE_integer("batch_size", None, "Batch size (default: the dataset's).")
 flags.DEFINE_float("learning_rate", None, "Peak learning rate (default: the dataset's).")
@@ -48,6 +47,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     fields = TrainConfig.__dataclass_fields__
     config = TrainConfig(**{name: FLAGS[name].value for name in fields})
+    config.schedule = schedule_flags.schedule("schedule").to_config()
     train(config, FLAGS.workdir, verbose=common.progress_verbosity())
 
 

@@ -6,6 +6,10 @@ resumable rounds, each student written to its own run directory.
 
 Guided distillation (Meng et al., CVPR 2023): its stage one lives in `guided_distillation.py`;
 stage two is this cascade with w drawn per example and passed to teacher and student.
+
+A student of another parameterization than its teacher's (`student_parameterization`) starts
+from an initial round of denoiser distillation (`denoiser_distillation.py`); the cascade's first
+round then trains a copy of that student on the original teacher's targets.
 """
 
 import dataclasses
@@ -18,11 +22,12 @@ from keras import ops
 from keras_pd import checkpoint as ckpt
 from keras_pd import distribute
 from keras_pd.checks import check_positive_int
+from keras_pd.denoiser_distillation import DenoiserDistillationModel, converted_student
 from keras_pd.diffusion import rebuild
 from keras_pd.guidance import check_guidance_range, sample_guidance
 from keras_pd.guided_distillation import GuidanceDistillationModel, guided_student
 from keras_pd.objectives import TeacherStudentObjective
-from keras_pd.parameterization import prediction_from_x
+from keras_pd.parameterization import check_parameterization, prediction_from_x
 from keras_pd.replicas import replica_rows
 from keras_pd.runs import make_optimizer, resume_and_fit
 from keras_pd.samplers import ddim_step
@@ -194,6 +199,10 @@ class DistillConfig(distribute.ScaleOutConfig):
         guided: guided distillation: first a student taking w as input is trained to match the
             classifier-free-guided teacher (`guided_updates` updates, w ~ U[guidance_min,
             guidance_max]), then the cascade distils it with w passed through.
+        student_parameterization: what the students predict (None: the teacher's). Another
+            than the teacher's adds an initial round (`initial_updates` updates, None: those of
+            a round), in which the teacher's network read the new way learns the teacher's
+            denoiser (WORKDIR/initial_student); the cascade starts from it.
     """
 
     teacher_steps: int | None = None
@@ -217,11 +226,22 @@ class DistillConfig(distribute.ScaleOutConfig):
     guidance_min: float = 0.0
     guidance_max: float = 4.0
     guided_updates: int = 2000
+    student_parameterization: str | None = None
+    initial_updates: int | None = None
+
+
+INITIAL_DIR = "initial_student"
 
 
 def student_dir(workdir, steps):
     """Where the N-step student of a cascade lives."""
     return os.path.join(workdir, f"student_{steps:04d}")
+
+
+def converts(cfg, teacher_card):
+    """Whether the cascade changes the parameterization (and so starts with an initial round)."""
+    wanted = cfg.student_parameterization
+    return bool(wanted) and wanted != teacher_card.get("parameterization")
 
 
 def round_updates(cfg, steps):
@@ -250,6 +270,19 @@ def plan(cfg, teacher_card):
                          "distill_data=data or mix")
     if cfg.teacher_sample_steps is not None:
         check_positive_int(cfg.teacher_sample_steps, "teacher_sample_steps")
+    if cfg.student_parameterization is not None:
+        try:
+            check_parameterization(cfg.student_parameterization)
+        except ValueError as e:
+            raise ValueError(f"student_parameterization: {e}") from None
+        if cfg.guided and converts(cfg, teacher_card):
+            raise ValueError("student_parameterization cannot change with guided distillation")
+        pair = (cfg.student_parameterization, teacher_card.get("parameterization"))
+        if converts(cfg, teacher_card) and "both" in pair:
+            raise ValueError(f"student_parameterization {pair[0]!r} needs another number of "
+                             f"output channels than the {pair[1]} teacher's network has")
+    if cfg.initial_updates is not None:
+        check_positive_int(cfg.initial_updates, "initial_updates")
     if cfg.learning_rate <= 0:
         raise ValueError(f"learning_rate must be positive, got {cfg.learning_rate}")
     check_weighting(cfg.weighting)
@@ -275,14 +308,20 @@ def check_student_dir(out_dir, teacher_dir, student_steps):
     return card
 
 
+ROUND, GUIDED, INITIAL = "round", "guided", "initial"
+
+
 def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset, verbose=1,
-                  guided_stage=False, provenance=None):
+                  stage=ROUND, provenance=None, start=None):
     """Trains (or resumes, or skips when complete) the N-step student of `teacher_dir`.
 
-    With `guided_stage`, trains guided distillation's stage one instead: a student taking w
-    that matches the classifier-free-guided teacher at the teacher's own step count.
-    `dataset` is what it trains on (`teacher_samples.distillation_data`), `provenance` where
-    that came from (written into the student's card).
+    `stage` is ROUND (Algorithm 2: the student, a copy of the teacher or of the model in
+    `start`, matches two teacher steps with one), GUIDED (guided distillation's stage one: a
+    student taking w matches the classifier-free-guided teacher at the teacher's own step
+    count) or INITIAL (the teacher's network read as `cfg.student_parameterization` learns the
+    teacher's denoiser, at the teacher's step count). `dataset` is what it trains on
+    (`teacher_samples.distillation_data`), `provenance` where that came from (written into
+    the student's card).
 
     Returns:
         The student's card.
@@ -294,13 +333,15 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
     engine = distribute.from_config(cfg)
     engine.check_batch_size(cfg.batch_size)
     check_data_shape(teacher_card, dataset)
-    updates = cfg.guided_updates if guided_stage else round_updates(cfg, student_steps)
-    guidance_range = ((cfg.guidance_min, cfg.guidance_max) if guided_stage
+    updates = {GUIDED: cfg.guided_updates,
+               INITIAL: cfg.initial_updates or cfg.updates_per_round}.get(
+                   stage, round_updates(cfg, student_steps))
+    guidance_range = ((cfg.guidance_min, cfg.guidance_max) if stage == GUIDED
                       else teacher_card.get("guidance_range"))
     # Load, build, compile and fit under the engine; both models take the run's dtype policy.
     with ckpt.workdir_lock(out_dir), engine.scope():
         teacher = copy_model(ckpt.load_model(teacher_dir)[0], dtype_policy=cfg.dtype_policy)
-        if guided_stage:
+        if stage == GUIDED:
             if not teacher.guidable:
                 raise ValueError(f"guided distillation needs a class-conditional teacher trained "
                                  f"with label dropout; {teacher_dir} was not")
@@ -309,8 +350,16 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
                                               seed=cfg.seed + round_index)
             title = (f"round {round_index}: guided stage one: {student_steps} steps, w in "
                      f"[{guidance_range[0]:g}, {guidance_range[1]:g}], {updates} updates")
+        elif stage == INITIAL:
+            student = converted_student(teacher, cfg.student_parameterization,
+                                        dtype_policy=cfg.dtype_policy)
+            model = DenoiserDistillationModel(teacher, student, cfg.weighting,
+                                              seed=cfg.seed + round_index)
+            title = (f"round {round_index}: the {student.parameterization} student learns the "
+                     f"{teacher.parameterization} teacher's denoiser, {updates} updates")
         else:
-            student = distilled_student(teacher, dtype_policy=cfg.dtype_policy)
+            first = teacher if start is None else ckpt.load_model(start)[0]
+            student = distilled_student(first, dtype_policy=cfg.dtype_policy)
             model = DistillationModel(teacher, student, student_steps, cfg.weighting,
                                       seed=cfg.seed + round_index,
                                       guidance_range=guidance_range if teacher.takes_guidance
@@ -323,15 +372,19 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
         card = {k: teacher_card[k] for k in ("dataset", "data_shape", "num_classes", "preset",
                                              "parameterization", "schedule")
                 if k in teacher_card}
-        card.update(kind="guided_student" if guided_stage else "student",
+        card.update(kind={GUIDED: "guided_student", INITIAL: "initial_student"}.get(
+                        stage, "student"),
+                    parameterization=student.parameterization,
                     weighting=cfg.weighting, sampling_steps=student_steps,
                     teacher=os.path.abspath(teacher_dir),
-                    teacher_steps=student_steps if guided_stage else 2 * student_steps,
+                    teacher_steps=student_steps if stage != ROUND else 2 * student_steps,
                     round=round_index, updates=updates, steps_trained=0, wall_time_s=0.0,
                     complete=False, seed=cfg.seed, config=dataclasses.asdict(cfg),
                     **(provenance or {}))
         if student.takes_guidance:
             card["guidance_range"] = list(guidance_range)
+        if start is not None:
+            card["initialized_from"] = os.path.abspath(start)
         card, _ = resume_and_fit(
             model, optimizer, out_dir, card, updates, engine=engine, x=dataset.x,
             y=dataset.y if student.num_classes else None, batch_size=cfg.batch_size,
@@ -358,10 +411,12 @@ def distill(teacher_dir, workdir, config=None, verbose=1):
     teacher_card = ckpt.read_card(teacher_dir)
     n0, rounds = plan(cfg, teacher_card)
     # Every round's directory is checked before anything is written (the sample set included).
+    # The initial round's student is not a teacher: the first round's teacher stays the original.
+    initial = os.path.join(workdir, INITIAL_DIR) if converts(cfg, teacher_card) else None
     chain = [(os.path.join(workdir, f"guided_{n0:04d}"), teacher_dir, n0)] if cfg.guided else []
     for steps in rounds:
         chain.append((student_dir(workdir, steps), chain[-1][0] if chain else teacher_dir, steps))
-    for out, teacher, steps in chain:
+    for out, teacher, steps in chain + ([(initial, teacher_dir, n0)] if initial else []):
         check_student_dir(out, teacher, steps)
 
     def data_of(teacher, directory):
@@ -379,9 +434,16 @@ def distill(teacher_dir, workdir, config=None, verbose=1):
         check_positive_int(cfg.guided_updates, "guided_updates")
         previous = os.path.join(workdir, f"guided_{n0:04d}")
         card = distill_round(teacher_dir, previous, n0, cfg, first_round, dataset, verbose,
-                             guided_stage=True, provenance=provenance)
+                             stage=GUIDED, provenance=provenance)
         if verbose:
             print(f"guided {n0}-step student (takes w): {previous} ({card['updates']} updates)")
+        first_round += 1
+    if initial:
+        card = distill_round(teacher_dir, initial, n0, cfg, first_round, dataset, verbose,
+                             stage=INITIAL, provenance=provenance)
+        if verbose:
+            print(f"initial {card['parameterization']} student: {initial} "
+                  f"({card['updates']} updates)")
         first_round += 1
     for k, steps in enumerate(rounds):
         out = student_dir(workdir, steps)
@@ -390,7 +452,7 @@ def distill(teacher_dir, workdir, config=None, verbose=1):
             # The previous student's own samples at its 2N steps, kept in its run directory.
             dataset, provenance = data_of(previous, os.path.join(previous, SAMPLES_DIR))
         card = distill_round(previous, out, steps, cfg, first_round + k, dataset, verbose,
-                             provenance=provenance)
+                             provenance=provenance, start=initial if k == 0 else None)
         if verbose:
             print(f"{steps}-step student: {out} ({card['updates']} updates, "
                   f"{time.time() - t0:.0f} s this call)")

@@ -5,14 +5,11 @@ teacher (`guidance.py`) in one network call instead of two. Stage two is the ord
 """
 
 import keras
-from keras import ops
 
+from keras_pd.denoiser_distillation import DenoiserDistillationModel
 from keras_pd.diffusion import rebuild
 from keras_pd.guidance import check_guidance_range, sample_guidance
-from keras_pd.objectives import TeacherStudentObjective
-from keras_pd.parameterization import prediction_from_x
 from keras_pd.replicas import replica_rows
-from keras_pd.schedules import alpha_sigma, expand_to
 
 
 def guided_student(teacher, dtype_policy=None):
@@ -38,12 +35,13 @@ def guided_student(teacher, dtype_policy=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_pd")
-class GuidanceDistillationModel(TeacherStudentObjective):
+class GuidanceDistillationModel(DenoiserDistillationModel):
     """Guided distillation, stage one (Meng et al., CVPR 2023): one call instead of two.
 
     The student (`guided_student`) takes w as input and learns the teacher's classifier-free-
     guided prediction x_hat_w(z_t, c) = (1 + w) x_hat(z_t, c) - w x_hat(z_t, null) at
-    t ~ U[0, 1], w ~ U[w_min, w_max], with the teacher's loss weighting on x_hat_w as target.
+    t ~ U[0, 1], w ~ U[w_min, w_max], with the teacher's loss weighting on x_hat_w as target:
+    denoiser distillation (`denoiser_distillation`) with w passed to teacher and student.
 
     Args:
         teacher: a class-conditional DiffusionModel trained with label dropout (frozen here).
@@ -64,13 +62,6 @@ class GuidanceDistillationModel(TeacherStudentObjective):
         """The batch's labels and w ~ U[w_min, w_max] per example."""
         return y, replica_rows(sample_guidance(rows, *self.guidance_range,
                                                seed=self.seed_generator))
-
-    def target(self, x, eps, z_t, t, logsnr, labels, guidance):
-        """The guided teacher's x_hat_w, with eps and v derived from it."""
-        guided = self.teacher.denoise(z_t, logsnr, labels=labels, training=False,
-                                      guidance=guidance)
-        return prediction_from_x(z_t, ops.stop_gradient(guided.x),
-                                 *(expand_to(v, x) for v in alpha_sigma(logsnr)))
 
     def get_config(self):
         config = super().get_config()

@@ -7,7 +7,6 @@ there the cascade, sampling, evaluation and export treat it as any keras-pd teac
 students are ordinary keras-pd students (copies of the wrapped model, trained by Algorithm 2).
 """
 
-import inspect
 import os
 
 from keras import ops
@@ -17,7 +16,7 @@ from keras_pd.checks import one_line
 from keras_pd.diffusion import DiffusionModel
 from keras_pd.networks.foreign import ForeignNetwork, data_shape_of
 from keras_pd.parameterization import check_parameterization, output_channels
-from keras_pd.schedules import SCHEDULES, check_steps, get_schedule
+from keras_pd.schedules import check_steps, get_schedule
 
 
 def load_teacher_model(path):
@@ -132,20 +131,6 @@ def import_teacher(model_path, teacher_dir, sampling_steps, dataset=None, **conv
                 complete=True, keras_pd_trained=False)
     ckpt.check_finite_weights(teacher, source)
     return ckpt.save_model(teacher_dir, teacher, card)
-
-
-def schedule_from_options(name, **options):
-    """A Schedule from its name and the options given (None: the schedule's default), with a
-    one-line error naming an option the schedule does not take."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; use one of {', '.join(SCHEDULES)}")
-    given = {k: v for k, v in options.items() if v is not None}
-    takes = set(inspect.signature(SCHEDULES[name].__init__).parameters) - {"self"}
-    extra = sorted(set(given) - takes)
-    if extra:
-        raise ValueError(f"the {name!r} schedule does not take {', '.join(extra)} (it takes "
-                         f"{', '.join(sorted(takes))})")
-    return get_schedule(name, **given)
 
 
 def distill_imported(model_path, workdir, config, teacher_steps, dataset=None, verbose=1,

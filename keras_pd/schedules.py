@@ -16,6 +16,7 @@ adapters of foreign teachers). For rectified flow (a_t = 1 - t, s_t = t) DDIM in
 coordinates is exactly the Euler step of the flow's ODE.
 """
 
+import inspect
 import math
 
 import keras
@@ -380,3 +381,22 @@ def get_schedule(spec=None, **overrides):
         return SCHEDULES[name](**config)
     except TypeError as e:
         raise ValueError(f"schedule {name!r}: {e}") from None
+
+
+def schedule_arguments(name):
+    """The constructor arguments of the schedule called `name` (a set)."""
+    return set(inspect.signature(SCHEDULES[name].__init__).parameters) - {"self"}
+
+
+def schedule_from_options(name, **options):
+    """A Schedule from its name and the options given (None: the schedule's default), with a
+    one-line error naming an option the schedule does not take."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; use one of {', '.join(SCHEDULES)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    takes = schedule_arguments(name)
+    extra = sorted(set(given) - takes)
+    if extra:
+        raise ValueError(f"the {name!r} schedule does not take {', '.join(extra)} (it takes "
+                         f"{', '.join(sorted(takes))})")
+    return get_schedule(name, **given)

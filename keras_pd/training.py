@@ -49,7 +49,7 @@ class TrainConfig(distribute.ScaleOutConfig):
     preset: str | None = None
     parameterization: str = "x"
     weighting: str = "truncated_snr"
-    schedule: str = "cosine"
+    schedule: str | dict = "cosine"
     train_steps: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
@@ -133,6 +133,12 @@ _RESUME_KEYS = ("dataset", "preset", "parameterization", "weighting", "class_con
                 "label_dropout", "schedule")
 
 
+def _comparable(key, value):
+    """A config value as resumption compares it: a schedule by its full config, so "cosine"
+    and the default cosine's config are the same run."""
+    return get_schedule(value).to_config() if key == "schedule" else value
+
+
 def train(config, workdir, verbose=1):
     """Trains (or resumes) a teacher in `workdir`.
 
@@ -158,7 +164,8 @@ def train(config, workdir, verbose=1):
             old = ckpt.read_card(workdir)
             old_cfg = old.get("config", {})
             for key in _RESUME_KEYS:
-                if key in old_cfg and old_cfg[key] != getattr(cfg, key):
+                if key in old_cfg and _comparable(key, old_cfg[key]) != _comparable(
+                        key, getattr(cfg, key)):
                     raise ckpt.CheckpointError(
                         f"{workdir} holds a run with {key}={old_cfg[key]!r}, not "
                         f"{getattr(cfg, key)!r}: use another --workdir")

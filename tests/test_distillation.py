@@ -277,3 +277,82 @@ def test_target_is_exact_in_the_schedules_own_coordinates(schedule, parameteriza
     z1 = ddim(z_native, x_hat(z_native, t), t, t1)
     z2 = ddim(z1, x_hat(z1, t1), t1, t2)
     np.testing.assert_allclose(ddim(z_native, x_tilde, t, t2), z2, atol=3e-4, rtol=1e-4)
+
+
+def _denoiser_gap(teacher, student, x, seed=3):
+    """Mean squared gap between the two models' x_hat over t ~ U[0, 1] on data x."""
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0.0, 1.0, len(x)).astype("float32")
+    eps = rng.standard_normal(x.shape).astype("float32")
+    z, lam = teacher.forward_process(ops.convert_to_tensor(x), ops.convert_to_tensor(t),
+                                     ops.convert_to_tensor(eps))
+    a = ops.convert_to_numpy(teacher.denoise(z, lam).x)
+    b = ops.convert_to_numpy(student.denoise(z, lam).x)
+    return float(np.mean((a - b) ** 2))
+
+
+@pytest.mark.slow
+def test_a_v_student_of_an_x_teacher_learns_its_denoiser(toy_teacher_dir):
+    """The teacher's weights read as v are another function; denoiser distillation closes the
+    gap to the teacher's x_hat, and leaves the teacher unchanged."""
+    from keras_pd.data import load_dataset
+    from keras_pd.denoiser_distillation import DenoiserDistillationModel, converted_student
+
+    teacher, _ = ckpt.load_model(toy_teacher_dir)
+    before = [w.copy() for w in teacher.get_weights()]
+    student = converted_student(teacher, "v")
+    assert student.parameterization == "v"
+    for w0, w1 in zip(teacher.get_weights(), student.get_weights()):
+        np.testing.assert_array_equal(w0, w1)
+    x = load_dataset("toy2d").x[:4096]
+    gap0 = _denoiser_gap(teacher, student, x)
+    model = DenoiserDistillationModel(teacher, student, seed=0)
+    rate = keras.optimizers.schedules.PolynomialDecay(1e-3, 256, 0.0)
+    model.compile(optimizer=keras.optimizers.Adam(rate, global_clipnorm=1.0))
+    model.fit(x, batch_size=256, epochs=16, verbose=0)  # 256 updates
+    gap1 = _denoiser_gap(teacher, student, x)
+    assert gap1 < 0.2 * gap0, (gap0, gap1)
+    for w0, w1 in zip(before, teacher.get_weights()):
+        np.testing.assert_array_equal(w0, w1)
+
+
+@pytest.mark.backend_free
+def test_a_parameterization_change_that_cannot_be_made_is_refused():
+    from keras_pd.denoiser_distillation import converted_student
+
+    teacher = _random_teacher("eps")
+    with pytest.raises(ValueError, match="student_parameterization 'eps' is the teacher's"):
+        converted_student(teacher, "eps")
+    with pytest.raises(ValueError, match="student_parameterization 'both' needs 4 output"):
+        converted_student(teacher, "both")
+    card = {"sampling_steps": 8, "parameterization": "eps"}
+    with pytest.raises(ValueError, match="student_parameterization: unknown parameterization"):
+        plan(DistillConfig(student_parameterization="velocity"), card)
+    with pytest.raises(ValueError, match="student_parameterization 'both' needs another"):
+        plan(DistillConfig(student_parameterization="both"), card)
+    with pytest.raises(ValueError, match="initial_updates must be a positive"):
+        plan(DistillConfig(student_parameterization="v", initial_updates=0), card)
+    assert plan(DistillConfig(student_parameterization="eps"), card) == (8, [4])
+
+
+@pytest.mark.slow
+@pytest.mark.one_backend("jax")
+def test_cascade_with_another_parameterization_starts_from_the_initial_student(
+        toy_teacher_dir, tmp_path):
+    """student_parameterization=v: an initial round, then rounds whose students predict v,
+    the first initialized from the initial student, every target from the original teacher."""
+    cfg = DistillConfig(teacher_steps=8, end_steps=2, updates_per_round=40, initial_updates=60,
+                        checkpoint_every=40, batch_size=256, teacher_samples=2048,
+                        student_parameterization="v")
+    done = distill(toy_teacher_dir, str(tmp_path), cfg, verbose=0)
+    assert [s for s, _ in done] == [4, 2]
+    initial = ckpt.read_card(os.path.join(tmp_path, "initial_student"))
+    assert initial["kind"] == "initial_student" and initial["parameterization"] == "v"
+    assert initial["updates"] == 60 and initial["sampling_steps"] == 8
+    first, second = (ckpt.read_card(d) for _, d in done)
+    assert first["teacher"] == os.path.abspath(toy_teacher_dir)
+    assert first["initialized_from"] == os.path.abspath(os.path.join(tmp_path, "initial_student"))
+    assert second["teacher"] == os.path.abspath(done[0][1]) and "initialized_from" not in second
+    student, card = ckpt.load_model(done[-1][1])
+    assert student.parameterization == card["parameterization"] == "v"
+    assert distill(toy_teacher_dir, str(tmp_path), cfg, verbose=0) == done  # resumes: no work

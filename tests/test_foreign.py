@@ -12,7 +12,8 @@ import pytest
 from keras import layers, ops
 
 from keras_pd import checkpoint as ckpt
-from keras_pd.imported import foreign_teacher, import_teacher, schedule_from_options
+from keras_pd.imported import foreign_teacher, import_teacher
+from keras_pd.schedules import schedule_from_options
 from keras_pd.networks.foreign import ForeignNetwork
 from keras_pd.schedules import CosineSchedule, DDPMSchedule, FlowSchedule, ddpm_alpha_bar
 

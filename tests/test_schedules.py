@@ -204,3 +204,24 @@ def test_flow_teacher_with_flow_parameterization_trains_and_samples(tmp_path):
     assert card["parameterization"] == "flow" and model.schedule == FlowSchedule()
     out = model.sample(np.random.default_rng(0).standard_normal((8, 2)).astype("float32"), 4)
     assert np.isfinite(out).all() and np.abs(out).max() <= 1.0
+
+
+def test_teacher_on_a_configured_schedule_resumes_and_a_name_equals_its_default(tmp_path):
+    """A schedule given as a config (what apps.train passes) is the card's; a run started as
+    "cosine" resumes under the default cosine's config, and one with another shift is refused."""
+    from keras_pd import checkpoint as ckpt
+    from keras_pd.training import TrainConfig, train
+
+    base = dict(dataset="toy2d", batch_size=32, warmup_steps=2, checkpoint_every=10,
+                sample_every=0, sampling_steps=4)
+    flow = FlowSchedule(shift=3.0).to_config()
+    train(TrainConfig(**base, train_steps=10, schedule=flow), str(tmp_path / "f"), verbose=0)
+    model, card = ckpt.load_model(str(tmp_path / "f"))
+    assert card["schedule"] == flow and model.schedule.shift == 3.0
+    with pytest.raises(ckpt.CheckpointError, match="schedule="):
+        train(TrainConfig(**base, train_steps=20, schedule=FlowSchedule().to_config()),
+              str(tmp_path / "f"), verbose=0)
+    train(TrainConfig(**base, train_steps=10), str(tmp_path / "c"), verbose=0)
+    train(TrainConfig(**base, train_steps=20, schedule=get_schedule("cosine").to_config()),
+          str(tmp_path / "c"), verbose=0)
+    assert ckpt.read_card(str(tmp_path / "c"))["steps_trained"] == 20
