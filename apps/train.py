@@ -13,7 +13,8 @@ from keras_pd.weighting import WEIGHTINGS
 
 _D = TrainConfig()
 flags.DEFINE_string("dataset", _D.dataset,
-                    f"{', '.join(BUILTIN_DATASETS)} or tfds:NAME[:SPLIT].")
+                    f"{', '.join(BUILTIN_DATASETS)}, tfds:NAME[:SPLIT] (prepared as ArrayRecord) "
+                    "or folder:PATH (PNG/JPEG images, optionally in class subfolders).")
 flags.DEFINE_string("preset", None, "Network preset (default: the dataset's).")
 flags.DEFINE_enum("parameterization", _D.parameterization, list(PARAMETERIZATIONS),
                   "What the network predicts.")
@@ -37,6 +38,8 @@ flags.DEFINE_float("label_dropout", _D.label_dropout, "Probability of the null l
                    "(> 0 enables classifier-free guidance; 0.1 is usual).")
 flags.DEFINE_integer("sampling_steps", None, "DDIM steps the teacher is meant to sample with.")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
+flags.DEFINE_integer("image_size", None, "folder:PATH: resize (shorter side) and centre-crop "
+                     "every image to this square (default: the files' own, equal sizes).")
 flags.DEFINE_boolean("download", False, "Let tensorflow-datasets download (needs network).")
 flags.DEFINE_boolean("skip_nonfinite", False, "Skip updates with NaN/Inf gradients "
                      "instead of stopping at a non-finite loss.")

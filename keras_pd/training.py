@@ -36,6 +36,8 @@ DATASET_DEFAULTS = {
 }
 _FALLBACK_DEFAULTS = dict(preset=None, train_steps=100000, batch_size=128, learning_rate=2e-4,
                           ema_decay=0.9999, sampling_steps=1024)
+#: The UNet preset an image folder gets for its --image_size (the paper's sizes).
+FOLDER_PRESETS = {28: "mnist", 32: "cifar10", 64: "imagenet64", 128: "lsun128"}
 
 
 @dataclasses.dataclass
@@ -66,11 +68,14 @@ class TrainConfig(distribute.ScaleOutConfig):
     sampling_steps: int | None = None
     data_dir: str | None = None
     download: bool = False
+    image_size: int | None = None
     skip_nonfinite: bool = False
 
     def resolved(self):
         """A copy with dataset defaults filled in, validated."""
         defaults = DATASET_DEFAULTS.get(self.dataset, _FALLBACK_DEFAULTS)
+        if str(self.dataset).startswith("folder:"):
+            defaults = dict(defaults, preset=FOLDER_PRESETS.get(self.image_size))
         values = {k: (defaults.get(k, v) if v is None else v)
                   for k, v in dataclasses.asdict(self).items()}
         cfg = TrainConfig(**values)
@@ -78,7 +83,12 @@ class TrainConfig(distribute.ScaleOutConfig):
             cfg.weight_decay = 0.0
         if cfg.preset is None:
             check_dataset_name(cfg.dataset)
-            raise ValueError(f"no default preset for dataset {cfg.dataset!r}: pass --preset")
+            sizes = ", ".join(str(k) for k in FOLDER_PRESETS)
+            raise ValueError(f"no default preset for dataset {cfg.dataset!r}: pass --preset"
+                             + (f" or --image_size ({sizes})"
+                                if cfg.dataset.startswith("folder:") else ""))
+        if cfg.image_size is not None:
+            check_positive_int(cfg.image_size, "image_size")
         check_parameterization(cfg.parameterization)
         check_weighting(cfg.weighting)
         get_schedule(cfg.schedule)
@@ -119,7 +129,8 @@ def build_teacher(cfg, dataset):
 def card_for(cfg, dataset):
     """The teacher's model card (REFERENCE 8: parameterization and schedule stored with it)."""
     return dict(
-        kind="teacher", dataset=cfg.dataset, data_shape=list(dataset.data_shape),
+        kind="teacher", dataset=cfg.dataset, image_size=cfg.image_size,
+        data_shape=list(dataset.data_shape),
         num_classes=dataset.num_classes if cfg.class_conditional else None,
         preset=cfg.preset, parameterization=cfg.parameterization, weighting=cfg.weighting,
         schedule=get_schedule(cfg.schedule).to_config(),
@@ -129,8 +140,8 @@ def card_for(cfg, dataset):
 
 
 # Fields that must agree between a workdir's checkpoint and the flags of a resumed run.
-_RESUME_KEYS = ("dataset", "preset", "parameterization", "weighting", "class_conditional",
-                "label_dropout", "schedule")
+_RESUME_KEYS = ("dataset", "image_size", "preset", "parameterization", "weighting",
+                "class_conditional", "label_dropout", "schedule")
 
 
 def _comparable(key, value):
@@ -154,7 +165,7 @@ def train(config, workdir, verbose=1):
     engine = distribute.from_config(cfg)  # before any TF op (multi_worker, tpu)
     engine.check_batch_size(cfg.batch_size)
     dataset = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
-                           seed=cfg.seed)
+                           seed=cfg.seed, image_size=cfg.image_size)
     if cfg.class_conditional and not dataset.num_classes:  # before the workdir is touched
         raise ValueError(f"dataset {dataset.name!r} has no labels: drop --class_conditional")
     # Build, compile and fit under the engine (strategy scope / keras distribution).
@@ -182,7 +193,7 @@ def train(config, workdir, verbose=1):
                                    grad_clip=cfg.grad_clip,
                                    skip_nonfinite=cfg.skip_nonfinite)
         resume_and_fit(model, optimizer, workdir, card, cfg.train_steps, engine=engine,
-                       x=dataset.x, y=dataset.y if cfg.class_conditional else None,
+                       source=dataset.source(labels=cfg.class_conditional),
                        batch_size=cfg.batch_size, data_seed=cfg.seed,
                        checkpoint_every=cfg.checkpoint_every, sample_every=cfg.sample_every,
                        sample_steps=cfg.sampling_steps, sample_seed=cfg.seed,

@@ -81,3 +81,22 @@ def toy_teacher_dir(tmp_path_factory):
                       checkpoint_every=500, sample_every=100000, sampling_steps=256,
                       learning_rate=1e-3), workdir, verbose=0)
     return workdir
+
+
+def write_folder(root, classes=("a", "b"), per_class=5, size=(6, 4), mode="RGB", seed=0):
+    """PNG images of random pixels (width, height = size) in one subfolder per class (or in
+    `root` itself for classes=None); returns {path: uint8 array}."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "L": 1}[mode]
+    out = {}
+    for c in classes or [None]:
+        folder = os.path.join(root, c) if c else root
+        os.makedirs(folder, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+            path = os.path.join(folder, f"{i:03d}.png")
+            Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)
+            out[path] = pixels
+    return out

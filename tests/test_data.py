@@ -270,10 +270,16 @@ def tfds():
 def test_tfds_mocked(tfds, name, shape, flip):
     with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
         ds = data.load_dataset(name)
-    assert ds.x.shape == (6, *shape) and ds.x.dtype == np.float32
-    assert ds.x.min() >= -1.0 and ds.x.max() <= 1.0
-    assert ds.y.shape == (6,) and ds.y.dtype == np.int32
-    assert ds.num_classes == 10 and np.all((ds.y >= 0) & (ds.y < 10))
+        assert ds.streamed and len(ds) == 6 and ds.data_shape == shape
+        x, y = ds.examples()  # read by index from the (mocked) ArrayRecord source
+        batch = data.BatchStream(ds.source(), None, 4, seed=0).batch(1, slice(1, 3))
+    assert x.shape == (6, *shape) and x.dtype == np.float32
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    assert y.shape == (6,) and y.dtype == np.int32
+    assert ds.num_classes == 10 and np.all((y >= 0) & (y < 10))
+    idx = data.BatchStream(x, y, 4, seed=0).indices(1)[1:3]
+    np.testing.assert_array_equal(batch[0], x[idx])
+    np.testing.assert_array_equal(batch[1], y[idx])
     assert ds.flip is flip and ds.is_image
     expected_split = name.split(":")[2] if name.count(":") == 2 else "train"
     assert ds.name == f"tfds:{name.split(':')[1]}:{expected_split}"

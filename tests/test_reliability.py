@@ -412,6 +412,33 @@ def test_app_bad_input(row, app, flags, env, message, teacher_copy, tmp_path):
     assert tree(tmp_path) == before  # no partial files (no workdir created either)
 
 
+@backend_free
+@pytest.mark.slow
+def test_app_stops_at_a_corrupt_image_naming_it_and_resumes_once_it_is_mended(tmp_path):
+    """A corrupt file in an image folder is met when its batch is read: one error line naming
+    the file, exit 2, no checkpoint written; once the file is replaced the same command trains."""
+    from conftest import write_folder
+
+    written = write_folder(str(tmp_path / "images"), classes=None, per_class=6, size=(8, 8))
+    bad = sorted(written)[2]
+    with open(bad, "wb") as f:
+        f.write(b"not a png")
+    flags = [f"--dataset=folder:{tmp_path / 'images'}", "--preset=digits_mlp",
+             "--train_steps=4", "--batch_size=6", "--checkpoint_every=2", "--sample_every=0",
+             f"--workdir={tmp_path / 'w'}"]
+    proc = run_app("train", *flags)
+    assert_one_line_error(proc, f"corrupt or truncated image {bad}")
+    assert proc.returncode == 2
+    assert not os.path.exists(tmp_path / "w" / "checkpoints") or not os.listdir(
+        tmp_path / "w" / "checkpoints")
+    from PIL import Image
+
+    Image.fromarray(written[bad]).save(bad)
+    proc = run_app("train", *flags)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ckpt.read_card(str(tmp_path / "w"))["steps_trained"] == 4
+
+
 def _write_card(directory, **changes):
     path = os.path.join(directory, ckpt.CARD_NAME)
     card = ckpt.read_json(path)
@@ -652,6 +679,23 @@ def test_killed_and_resumed_teacher_is_bit_identical(teacher, tmp_path, monkeypa
     resumed = str(tmp_path / "resumed")
     _run_killed_after(monkeypatch, 10, lambda: train(TrainConfig(**TINY), resumed, verbose=0))
     _assert_same_run(teacher, resumed)
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_teacher_on_a_streamed_folder_is_bit_identical(
+        tmp_path, monkeypatch, no_sample_grids):
+    """The same on an image folder read through Grain's worker threads (`sources.FolderSource`):
+    batch k comes from the index sampler, so the resumed run reads the batches it would have."""
+    from conftest import write_folder
+
+    write_folder(str(tmp_path / "images"), per_class=20, size=(8, 8))
+    cfg = dict(TINY, dataset=f"folder:{tmp_path / 'images'}", preset="digits_mlp",
+               class_conditional=True)
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train(TrainConfig(**cfg), straight, verbose=0)
+    _run_killed_after(monkeypatch, 10, lambda: train(TrainConfig(**cfg), resumed, verbose=0))
+    assert ckpt.read_card(resumed)["steps_trained"] == 20
+    _assert_same_run(straight, resumed)
 
 
 @pytest.mark.slow
