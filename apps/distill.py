@@ -79,6 +79,9 @@ flags.DEFINE_enum("student_parameterization", None, list(PARAMETERIZATIONS),
                   "What the students predict (default: the teacher's). Another adds an initial "
                   "round learning the teacher's denoiser (e.g. a v student of an eps teacher, "
                   "better at 1-2 steps).")
+flags.DEFINE_string("student_preset", None, "The students' network preset (default: the "
+                    "teacher's network), e.g. digits_mlp_quarter: a smaller student, which "
+                    "first learns the teacher's denoiser in an initial round.")
 flags.DEFINE_integer("initial_updates", None, "Updates of that initial round (default: "
                      "--updates_per_round).")
 scale_flags.define()

@@ -7,6 +7,7 @@ x_hat onto the teacher's (unclipped) x_hat at t ~ U[0, 1] under the cascade's lo
 | student | why it cannot be a copy | where |
 |---|---|---|
 | another parameterization (an x- or v-student of an eps teacher) | the same weights read as v are another function | `converted_student`, `distillation.distill`'s initial round |
+| another network (a smaller one, `student_preset`) | other weights | the same |
 | a guided student (takes w) | a new input | `guided_distillation` (stage one, w passed to both) |
 
 Why not an output head that converts exactly (v_hat = (eps_hat - sigma z) / alpha, say)? Such a
@@ -25,32 +26,49 @@ from keras_pd.parameterization import check_parameterization, output_channels, p
 from keras_pd.schedules import alpha_sigma, expand_to
 
 
-def converted_student(teacher, parameterization, dtype_policy=None):
-    """A student predicting `parameterization`, with its teacher's network and weights.
+def converted_student(teacher, parameterization=None, preset=None, dtype_policy=None,
+                      seed=None):
+    """A student unlike its teacher: predicting `parameterization`, or with the network of
+    `preset` (a smaller one, say), or both.
 
-    Dropout and label dropout are off, as for every student. The network's outputs are read
-    the new way, so it is not yet the teacher's function: `DenoiserDistillationModel` trains it.
+    With the teacher's network it starts from the teacher's weights, read the new way; with
+    another preset's network, from that network's own initialisation (seeded by `seed`).
+    Dropout and label dropout are off, as for every student. Either way it is not yet the
+    teacher's function: `DenoiserDistillationModel` trains it.
 
     Raises:
-        ValueError naming `student_parameterization` when it is the teacher's, or needs another
-        number of output channels than the teacher's network has ("both" against a single
-        prediction).
+        ValueError naming `student_parameterization` when it needs another number of output
+        channels than the teacher's network has ("both" against a single prediction), or
+        `student_preset` for a preset that does not fit the data; and when nothing changes.
     """
-    check_parameterization(parameterization)
-    if parameterization == teacher.parameterization:
+    from keras_pd.networks.presets import make_network
+
+    parameterization = check_parameterization(parameterization or teacher.parameterization)
+    if parameterization == teacher.parameterization and preset is None:
         raise ValueError(f"student_parameterization {parameterization!r} is the teacher's: "
                          "its student is a copy, with no initial round")
     channels = teacher.data_shape[-1]
-    if output_channels(parameterization, channels) != output_channels(
+    if preset is None and output_channels(parameterization, channels) != output_channels(
             teacher.parameterization, channels):
         raise ValueError(f"student_parameterization {parameterization!r} needs "
                          f"{output_channels(parameterization, channels)} output channels; the "
                          f"teacher's network ({teacher.parameterization}) has "
                          f"{output_channels(teacher.parameterization, channels)}")
-    student = rebuild(teacher, dtype_policy, network_updates={"dropout": 0.0},
-                      parameterization=parameterization, label_dropout=0.0)
-    student.set_weights(teacher.get_weights())
-    return student
+    if preset is None:
+        student = rebuild(teacher, dtype_policy, network_updates={"dropout": 0.0},
+                          parameterization=parameterization, label_dropout=0.0)
+        student.set_weights(teacher.get_weights())
+        return student
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    try:
+        network = make_network(preset, teacher.data_shape,
+                               output_channels(parameterization, channels),
+                               num_classes=teacher.num_classes, dropout=0.0)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"student_preset {preset!r}: {str(e).strip(chr(39))}") from None
+    return rebuild(teacher, dtype_policy, network=network, parameterization=parameterization,
+                   label_dropout=0.0)
 
 
 @keras.saving.register_keras_serializable(package="keras_pd")

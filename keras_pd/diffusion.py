@@ -385,7 +385,7 @@ def check_data_scaling(mean, variance, channels):
     return out[0], out[1]
 
 
-def rebuild(model, dtype_policy=None, network_updates=None, **updates):
+def rebuild(model, dtype_policy=None, network_updates=None, network=None, **updates):
     """A new DiffusionModel from `model`'s config, weights not copied.
 
     Args:
@@ -394,14 +394,18 @@ def rebuild(model, dtype_policy=None, network_updates=None, **updates):
             policy, so the weights carry over); None keeps the model's.
         network_updates: settings of the network's config to change, where it has them
             (e.g. {"dropout": 0.0}).
+        network: another network layer instead of the model's (its config is used; a
+            student of another architecture).
         **updates: the DiffusionModel's own arguments to change (e.g. label_dropout=0.0).
 
     Returns:
         The new DiffusionModel.
     """
     config = model.get_config()
-    network = config["network"].setdefault("config", {})
-    network.update({k: v for k, v in (network_updates or {}).items() if k in network})
+    if network is not None:
+        config["network"] = keras.saving.serialize_keras_object(network)
+    settings = config["network"].setdefault("config", {})
+    settings.update({k: v for k, v in (network_updates or {}).items() if k in settings})
     config.update(updates)
     if dtype_policy is None:
         return DiffusionModel.from_config(config)

@@ -199,10 +199,12 @@ class DistillConfig(distribute.ScaleOutConfig):
         guided: guided distillation: first a student taking w as input is trained to match the
             classifier-free-guided teacher (`guided_updates` updates, w ~ U[guidance_min,
             guidance_max]), then the cascade distils it with w passed through.
-        student_parameterization: what the students predict (None: the teacher's). Another
-            than the teacher's adds an initial round (`initial_updates` updates, None: those of
-            a round), in which the teacher's network read the new way learns the teacher's
-            denoiser (WORKDIR/initial_student); the cascade starts from it.
+        student_parameterization: what the students predict (None: the teacher's).
+        student_preset: the students' network preset (None: the teacher's network), e.g. a
+            smaller one. Another parameterization or network than the teacher's adds an
+            initial round (`initial_updates` updates, None: those of a round) in which the
+            student learns the teacher's denoiser (WORKDIR/initial_student), starting from the
+            teacher's weights when the network is the teacher's; the cascade starts from it.
     """
 
     teacher_steps: int | None = None
@@ -227,6 +229,7 @@ class DistillConfig(distribute.ScaleOutConfig):
     guidance_max: float = 4.0
     guided_updates: int = 2000
     student_parameterization: str | None = None
+    student_preset: str | None = None
     initial_updates: int | None = None
 
 
@@ -239,9 +242,11 @@ def student_dir(workdir, steps):
 
 
 def converts(cfg, teacher_card):
-    """Whether the cascade changes the parameterization (and so starts with an initial round)."""
+    """Whether the students differ from the teacher (another parameterization or network), and
+    so the cascade starts with an initial round."""
     wanted = cfg.student_parameterization
-    return bool(wanted) and wanted != teacher_card.get("parameterization")
+    return (bool(wanted) and wanted != teacher_card.get("parameterization")) or bool(
+        cfg.student_preset)
 
 
 def round_updates(cfg, steps):
@@ -275,12 +280,20 @@ def plan(cfg, teacher_card):
             check_parameterization(cfg.student_parameterization)
         except ValueError as e:
             raise ValueError(f"student_parameterization: {e}") from None
-        if cfg.guided and converts(cfg, teacher_card):
-            raise ValueError("student_parameterization cannot change with guided distillation")
         pair = (cfg.student_parameterization, teacher_card.get("parameterization"))
-        if converts(cfg, teacher_card) and "both" in pair:
+        if converts(cfg, teacher_card) and "both" in pair and not cfg.student_preset:
             raise ValueError(f"student_parameterization {pair[0]!r} needs another number of "
                              f"output channels than the {pair[1]} teacher's network has")
+    if cfg.guided and converts(cfg, teacher_card):
+        raise ValueError("student_parameterization and student_preset cannot change with "
+                         "guided distillation")
+    if cfg.student_preset is not None:
+        from keras_pd.networks.presets import get_preset
+
+        try:
+            get_preset(cfg.student_preset)
+        except ValueError as e:
+            raise ValueError(f"student_preset: {e}") from None
     if cfg.initial_updates is not None:
         check_positive_int(cfg.initial_updates, "initial_updates")
     if cfg.learning_rate <= 0:
@@ -352,11 +365,14 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
                      f"[{guidance_range[0]:g}, {guidance_range[1]:g}], {updates} updates")
         elif stage == INITIAL:
             student = converted_student(teacher, cfg.student_parameterization,
-                                        dtype_policy=cfg.dtype_policy)
+                                        cfg.student_preset, dtype_policy=cfg.dtype_policy,
+                                        seed=cfg.seed + round_index)
             model = DenoiserDistillationModel(teacher, student, cfg.weighting,
                                               seed=cfg.seed + round_index)
-            title = (f"round {round_index}: the {student.parameterization} student learns the "
-                     f"{teacher.parameterization} teacher's denoiser, {updates} updates")
+            title = (f"round {round_index}: the {cfg.student_preset or 'same-network'} "
+                     f"{student.parameterization} student ({student.count_params():,} "
+                     f"parameters) learns the {teacher.parameterization} teacher's denoiser "
+                     f"({teacher.count_params():,}), {updates} updates")
         else:
             first = teacher if start is None else ckpt.load_model(start)[0]
             student = distilled_student(first, dtype_policy=cfg.dtype_policy)
@@ -372,8 +388,14 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
         card = {k: teacher_card[k] for k in ("dataset", "image_size", "data_shape", "num_classes",
                                              "preset", "parameterization", "schedule")
                 if k in teacher_card}
+        preset = (cfg.student_preset or teacher_card.get("preset") if stage == INITIAL
+                  else ckpt.read_card(start).get("preset") if start is not None
+                  else teacher_card.get("preset"))
         card.update(kind={GUIDED: "guided_student", INITIAL: "initial_student"}.get(
                         stage, "student"),
+                    preset=preset, parameters=int(student.count_params()),
+                    teacher_preset=teacher_card.get("preset"),
+                    teacher_parameters=int(teacher.count_params()),
                     parameterization=student.parameterization,
                     weighting=cfg.weighting, sampling_steps=student_steps,
                     teacher=os.path.abspath(teacher_dir),

@@ -336,6 +336,40 @@ def test_a_parameterization_change_that_cannot_be_made_is_refused():
 
 
 @pytest.mark.slow
+def test_a_smaller_student_learns_the_teachers_denoiser_from_its_own_initialisation(
+        toy_teacher_dir):
+    """student_preset: another (here narrower) network, freshly initialised, not the teacher's
+    weights; denoiser distillation brings its x_hat to the teacher's."""
+    from keras_pd.data import load_dataset
+    from keras_pd.denoiser_distillation import DenoiserDistillationModel, converted_student
+    from keras_pd.networks.presets import PRESETS, make_network
+
+    PRESETS["toy2d_narrow"] = dict(PRESETS["toy2d"], width=48)
+    try:
+        teacher, _ = ckpt.load_model(toy_teacher_dir)
+        student = converted_student(teacher, preset="toy2d_narrow", seed=0)
+        expected = make_network("toy2d_narrow", (2,), 2).count_params()
+        assert student.count_params() == expected < teacher.count_params() / 3
+        assert student.parameterization == teacher.parameterization
+        assert student.schedule.to_config() == teacher.schedule.to_config()
+        x = load_dataset("toy2d").x[:4096]
+        gap0 = _denoiser_gap(teacher, student, x)
+        model = DenoiserDistillationModel(teacher, student, seed=0)
+        rate = keras.optimizers.schedules.PolynomialDecay(3e-3, 384, 0.0)
+        model.compile(optimizer=keras.optimizers.Adam(rate, global_clipnorm=1.0))
+        model.fit(x, batch_size=256, epochs=24, verbose=0)  # 384 updates
+        gap1 = _denoiser_gap(teacher, student, x)
+        assert gap1 < 0.2 * gap0, (gap0, gap1)
+        with pytest.raises(ValueError, match="student_preset 'nope'"):
+            converted_student(teacher, preset="nope")
+        with pytest.raises(ValueError, match="student_preset: Unknown network preset 'nope'"):
+            plan(DistillConfig(student_preset="nope"),
+                 {"sampling_steps": 8, "parameterization": "x"})
+    finally:
+        PRESETS.pop("toy2d_narrow")
+
+
+@pytest.mark.slow
 @pytest.mark.one_backend("jax")
 def test_cascade_with_another_parameterization_starts_from_the_initial_student(
         toy_teacher_dir, tmp_path):
@@ -355,4 +389,6 @@ def test_cascade_with_another_parameterization_starts_from_the_initial_student(
     assert second["teacher"] == os.path.abspath(done[0][1]) and "initialized_from" not in second
     student, card = ckpt.load_model(done[-1][1])
     assert student.parameterization == card["parameterization"] == "v"
+    assert card["parameters"] == student.count_params() == card["teacher_parameters"]
+    assert card["preset"] == card["teacher_preset"] == ckpt.read_card(toy_teacher_dir)["preset"]
     assert distill(toy_teacher_dir, str(tmp_path), cfg, verbose=0) == done  # resumes: no work

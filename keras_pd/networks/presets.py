@@ -69,6 +69,34 @@ PRESETS = {
         "emb_dim": 128,
         "dropout": 0.1,
     },
+    # Students smaller than a `digits_mlp` teacher (docs/results.md, "Smaller students"):
+    # 0.60M and 0.30M parameters (1/2 and 1/4 of its), the same depth, narrower.
+    "digits_mlp_half": {
+        "type": "mlp",
+        "width": 180,
+        "num_blocks": 4,
+        "emb_dim": 128,
+        "dropout": 0.1,
+    },
+    "digits_mlp_quarter": {
+        "type": "mlp",
+        "width": 126,
+        "num_blocks": 4,
+        "emb_dim": 96,
+        "dropout": 0.1,
+    },
+    # The `digits` UNet at half the channels (89k parameters, 1/4 of its).
+    "digits_half": {
+        "type": "unet",
+        "ch": 16,
+        "emb_ch": 64,
+        "ch_mult": (1, 1),
+        "num_res_blocks": 1,
+        "attn_resolutions": (4,),
+        "num_heads": 1,
+        "head_dim": None,
+        "dropout": 0.1,
+    },
     # UNet for MNIST 28x28x1 (28 -> 14 -> 7; 1.92M parameters).
     "mnist": {
         "type": "unet",
