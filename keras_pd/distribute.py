@@ -1,4 +1,4 @@
-"""Scale-out and mixed precision: the one backend-aware module of keras_pd.
+"""Scale-out and mixed precision: which engine a run uses, and how it is fed.
 
 Engines (`--distribution`):
 
@@ -21,7 +21,8 @@ the engine feeds its replicas; inside a step, `replicas.replicas_in_step`, `repl
   copies of one local draw); the loss, a mean over the replica's rows, is divided by the
   replica count because the optimizer sums gradients over replicas (REFERENCE 8); and global
   norm clipping, which Keras applies to each replica's gradient before that sum, is moved after
-  it (see `_clip_after_all_reduce`).
+  it. The tf.distribute parts (strategies, per-worker input, that clipping) live in the adapter
+  `tf_engine.py`; JAX's engine is Keras' own `keras.distribution`.
 
 Mixed precision (`--dtype_policy`): `float32`, `mixed_bfloat16`, `mixed_float16` (Keras wraps the
 optimizer in a `LossScaleOptimizer` at compile). Variables stay float32; the diffusion math runs in
@@ -189,7 +190,9 @@ class Engine:
     def optimizer(self, optimizer):
         """The optimizer adapted to the engine (TF replicas: clip after the all-reduce)."""
         if self.strategy is not None and self.num_replicas > 1:
-            return _clip_after_all_reduce(optimizer)
+            from keras_pd import tf_engine
+
+            return tf_engine.clip_after_all_reduce(optimizer)
         return optimizer
 
     def jit_compile(self):
@@ -239,39 +242,14 @@ class Engine:
                                         workers=workers)
         if self.strategy is None:
             return stream.grain_dataset(workers=workers)
-        return self._tf_distributed(stream)
+        from keras_pd import tf_engine
+
+        return tf_engine.distributed_input(self.strategy, stream)
 
     def process_rows(self, batch_size):
         """The rows of each global batch this host feeds (a slice)."""
         b = batch_size // self.process_count
         return slice(self.process_index * b, (self.process_index + 1) * b)
-
-    def _tf_distributed(self, stream):
-        import tensorflow as tf
-
-        b = stream.batch_size // self.num_replicas
-        start = stream.step
-        spec = (tf.TensorSpec((b,) + stream.example_shape, tf.float32),)
-        if stream.has_labels:
-            spec += (tf.TensorSpec((b,), tf.int32),)
-
-        def per_worker(context):
-            local = context.num_replicas_in_sync // context.num_input_pipelines
-            first = context.input_pipeline_id * local
-
-            def gen():  # this worker's replicas' rows of batches start, start + 1, ...
-                k = start
-                while True:
-                    batch = stream.batch(k, slice(first * b, (first + local) * b))
-                    batch = batch if isinstance(batch, tuple) else (batch,)
-                    for r in range(local):
-                        yield tuple(a[r * b:(r + 1) * b] for a in batch)
-                    k += 1
-
-            return tf.data.Dataset.from_generator(gen, output_signature=spec)
-
-        return self.strategy.distribute_datasets_from_function(per_worker)
-
 
 def input_workers(source):
     """Grain reading threads for a source: none for arrays in memory (a batch is one fancy
@@ -279,36 +257,6 @@ def input_workers(source):
     from keras_pd.sources import ArraySource
 
     return 0 if isinstance(source, ArraySource) else min(8, os.cpu_count() or 1)
-
-
-def _clip_after_all_reduce(optimizer):
-    """Makes a TF optimizer clip by global norm after summing gradients over replicas.
-
-    Keras 3 clips inside `apply` before `_backend_update_step` all-reduces, i.e. each replica's
-    partial gradient by its own norm; that differs from one-device training whenever clipping
-    is active. Here per-replica clipping is skipped and the summed gradient is clipped.
-    """
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    if not getattr(inner, "global_clipnorm", None) or getattr(inner, "_pd_reduce_then_clip",
-                                                              False):
-        return optimizer
-    base = type(inner)
-
-    class ReduceThenClip(base):
-        _pd_reduce_then_clip = True
-
-        def _clip_gradients(self, grads):
-            return grads  # per replica: clipped after the sum instead
-
-        def _all_reduce_sum_gradients(self, grads_and_vars):
-            reduced = list(super()._all_reduce_sum_gradients(grads_and_vars))
-            grads = [g for g, _ in reduced]
-            clipped = base._clip_gradients(self, grads)
-            return [(c, v) for c, (_, v) in zip(clipped, reduced)]
-
-    ReduceThenClip.__name__ = base.__name__
-    inner.__class__ = ReduceThenClip
-    return optimizer
 
 
 def setup(name="none", coordinator_address=None, num_processes=None, process_id=None,
@@ -348,29 +296,11 @@ def setup(name="none", coordinator_address=None, num_processes=None, process_id=
         engine = Engine(name, distribution=keras.distribution.DataParallel(
             devices=keras.distribution.list_devices()))
     else:
-        import tensorflow as tf
+        from keras_pd import tf_engine
 
-        if name == "mirrored":
-            strategy = tf.distribute.MirroredStrategy(_tf_local_devices())
-        elif name == "multi_worker":
-            strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        else:
-            address = "" if tpu in (None, "local") else tpu
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-            strategy = tf.distribute.TPUStrategy(resolver)
-        engine = Engine(name, strategy=strategy)
+        engine = Engine(name, strategy=tf_engine.make_strategy(name, tpu))
     _ENGINES[key] = engine
     return engine
-
-
-def _tf_local_devices():
-    """GPUs if any, else every logical CPU (MirroredStrategy's default ignores extra CPUs)."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    return [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
 
 
 def from_config(cfg):
