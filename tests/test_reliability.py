@@ -689,8 +689,10 @@ def test_killed_and_resumed_teacher_on_a_streamed_folder_is_bit_identical(
     from conftest import write_folder
 
     write_folder(str(tmp_path / "images"), per_class=20, size=(8, 8))
+    # Dropout off: on PyTorch a run with dropout does not resume bit-identically, with any
+    # input (docs/reliability.md, "Determinism"); this test is about the streamed input.
     cfg = dict(TINY, dataset=f"folder:{tmp_path / 'images'}", preset="digits_mlp",
-               class_conditional=True)
+               class_conditional=True, dropout=0.0)
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     train(TrainConfig(**cfg), straight, verbose=0)
     _run_killed_after(monkeypatch, 10, lambda: train(TrainConfig(**cfg), resumed, verbose=0))

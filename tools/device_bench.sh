@@ -17,20 +17,8 @@
 # cores; TensorFlow is hidden from the run as on the GPU host):
 #
 #   TINY=1 OUT=/tmp/device_bench bash tools/device_bench.sh
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/device_bench_out}
-mkdir -p "$OUT"
-LOG="$OUT/device_bench.log"
-T_START=$(date +%s)
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
-
-# Keras from the carried wheels when the host has none.
-if [ -d .whl ] && ! KERAS_BACKEND=jax python3 -c "import keras" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || { echo "wheel install failed" | tee -a "$LOG"; exit 1; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+NAME=device_bench NEEDS=keras
+source "$(dirname "$0")/device_common.sh"
 # No TensorFlow on the GPU host: make sure nothing here needs it (a stub that refuses import).
 STUB=$(mktemp -d)
 printf 'raise ImportError("tensorflow is not installed on the device host")\n' > "$STUB/tensorflow.py"
