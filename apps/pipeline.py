@@ -17,6 +17,8 @@ flags.DEFINE_string("dataset", _D.dataset,
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/DATASET).")
 flags.DEFINE_string("preset", None, "Teacher network preset (default: the dataset's; see "
                     "keras_pd/networks/presets.py).")
+flags.DEFINE_integer("image_size", None, "folder:PATH datasets: resize and centre-crop every "
+                     "image to this square.")
 flags.DEFINE_integer("seed", _D.seed, "Seed of every stage.")
 flags.DEFINE_integer("train_steps", None, "Teacher updates (default: the dataset's).")
 flags.DEFINE_integer("teacher_steps", None, "Teacher's DDIM steps (default: the dataset's).")

@@ -25,6 +25,7 @@ class PipelineConfig:
     Attributes:
         dataset: training data.
         preset: the teacher's network preset (None: the dataset's default).
+        image_size: folder:PATH datasets: the square every image is resized and cropped to.
         seed: seed of every stage.
         train_steps: teacher updates.
         teacher_steps: DDIM steps the teacher is meant for (the cascade's start).
@@ -47,6 +48,7 @@ class PipelineConfig:
 
     dataset: str = "digits"
     preset: str | None = None
+    image_size: int | None = None
     seed: int = 0
     train_steps: int | None = None
     teacher_steps: int | None = None
@@ -95,7 +97,8 @@ def run_pipeline(workdir, config=None, verbose=1):
 
 def _train_config(cfg):
     """The teacher's TrainConfig for a PipelineConfig."""
-    return TrainConfig(dataset=cfg.dataset, preset=cfg.preset, seed=cfg.seed,
+    return TrainConfig(dataset=cfg.dataset, preset=cfg.preset, image_size=cfg.image_size,
+                       seed=cfg.seed,
                        train_steps=cfg.train_steps, sampling_steps=cfg.teacher_steps,
                        batch_size=cfg.batch_size, checkpoint_every=cfg.checkpoint_every,
                        sample_every=10 * cfg.checkpoint_every, class_conditional=cfg.guided,

@@ -35,7 +35,7 @@ if [ "${TINY:-0}" = "1" ]; then  # CPU smoke test of the same path
   DISTILL=(--teacher_steps=8 --updates_per_round=4 --teacher_samples=64 --batch_size=16
            --checkpoint_every=4)
   EVAL=(--num_samples=64)
-  LIMITS=(600 600 600)
+  LIMITS=(600 900 1200)
 else
   # 10,000 teacher updates of batch 128 (mnist5k's lr, EMA); a 64-step teacher distilled
   # 64 -> 1 with 1,000 updates a round (2,000 for the rounds to 2 and 1 step).
