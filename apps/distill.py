@@ -84,6 +84,8 @@ flags.DEFINE_string("student_preset", None, "The students' network preset (defau
                     "first learns the teacher's denoiser in an initial round.")
 flags.DEFINE_integer("initial_updates", None, "Updates of that initial round (default: "
                      "--updates_per_round).")
+flags.DEFINE_float("initial_learning_rate", None, "Initial rate of that round (default: "
+                   "--learning_rate).")
 scale_flags.define()
 FLAGS = flags.FLAGS
 

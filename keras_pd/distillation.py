@@ -205,6 +205,7 @@ class DistillConfig(distribute.ScaleOutConfig):
             initial round (`initial_updates` updates, None: those of a round) in which the
             student learns the teacher's denoiser (WORKDIR/initial_student), starting from the
             teacher's weights when the network is the teacher's; the cascade starts from it.
+        initial_learning_rate: that round's initial rate (None: `learning_rate`).
     """
 
     teacher_steps: int | None = None
@@ -231,6 +232,7 @@ class DistillConfig(distribute.ScaleOutConfig):
     student_parameterization: str | None = None
     student_preset: str | None = None
     initial_updates: int | None = None
+    initial_learning_rate: float | None = None
 
 
 INITIAL_DIR = "initial_student"
@@ -296,6 +298,9 @@ def plan(cfg, teacher_card):
             raise ValueError(f"student_preset: {e}") from None
     if cfg.initial_updates is not None:
         check_positive_int(cfg.initial_updates, "initial_updates")
+    if cfg.initial_learning_rate is not None and cfg.initial_learning_rate <= 0:
+        raise ValueError(f"initial_learning_rate must be positive, got "
+                         f"{cfg.initial_learning_rate}")
     if cfg.learning_rate <= 0:
         raise ValueError(f"learning_rate must be positive, got {cfg.learning_rate}")
     check_weighting(cfg.weighting)
@@ -382,7 +387,8 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
                                       else None)
             title = (f"round {round_index}: {2 * student_steps} -> {student_steps} steps, "
                      f"{updates} updates")
-        optimizer = make_optimizer(cfg.learning_rate, decay_steps=updates,
+        rate = cfg.initial_learning_rate if stage == INITIAL else None
+        optimizer = make_optimizer(rate or cfg.learning_rate, decay_steps=updates,
                                    grad_clip=cfg.grad_clip,
                                    skip_nonfinite=cfg.skip_nonfinite)
         card = {k: teacher_card[k] for k in ("dataset", "image_size", "data_shape", "num_classes",

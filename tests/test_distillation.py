@@ -332,6 +332,8 @@ def test_a_parameterization_change_that_cannot_be_made_is_refused():
         plan(DistillConfig(student_parameterization="both"), card)
     with pytest.raises(ValueError, match="initial_updates must be a positive"):
         plan(DistillConfig(student_parameterization="v", initial_updates=0), card)
+    with pytest.raises(ValueError, match="initial_learning_rate must be positive"):
+        plan(DistillConfig(student_parameterization="v", initial_learning_rate=0.0), card)
     assert plan(DistillConfig(student_parameterization="eps"), card) == (8, [4])
 
 

@@ -4,7 +4,7 @@
         --variants=same,half=digits_mlp_half:8000,quarter=digits_mlp_quarter:8000
 
 One `digits_mlp` teacher (apps.train, the dataset's defaults), then for each variant
-NAME[=PRESET:INITIAL_UPDATES] the cascade to 1 step (apps.distill, its defaults: 20,000 teacher
+NAME[=PRESET:INITIAL_UPDATES[:INITIAL_LEARNING_RATE]] the cascade to 1 step (apps.distill, its defaults: 20,000 teacher
 samples, 2,000 updates a round, 4,000 for the rounds to 2 and 1 step), the project's metric
 (apps.evaluate: domain-classifier FID, 1,000 samples, noise seed = the seed) and the LiteRT
 export of every student of 8 steps or fewer with its batch-1 latency under the bare runtime
@@ -35,8 +35,10 @@ def parse_variants(text):
     out = []
     for item in text.split(","):
         name, _, spec = item.partition("=")
-        preset, _, updates = spec.partition(":")
-        out.append((name, preset or None, int(updates) if updates else None))
+        preset, _, rest = spec.partition(":")
+        updates, _, rate = rest.partition(":")
+        out.append((name, preset or None, int(updates) if updates else None,
+                    float(rate) if rate else None))
     return out
 
 
@@ -62,13 +64,15 @@ def main():
     from keras_pd import checkpoint as ckpt
     from keras_pd.pipeline import export_students
 
-    for name, preset, updates in parse_variants(args.variants):
+    for name, preset, updates, rate in parse_variants(args.variants):
         if name in summary.get("variants", {}):
             continue
         out = os.path.join(base, name)
         flags = [f"--student_preset={preset}"] if preset else []
         flags += [f"--initial_updates={updates}"] if updates else []
-        row = {"preset": preset or ckpt.read_card(teacher)["preset"], "initial_updates": updates}
+        flags += [f"--initial_learning_rate={rate}"] if rate else []
+        row = {"preset": preset or ckpt.read_card(teacher)["preset"], "initial_updates": updates,
+               "initial_learning_rate": rate}
         row["distill_s"] = run([sys.executable, "-m", "apps.distill", f"--teacher={teacher}",
                                 f"--workdir={out}", "--end_steps=1", f"--seed={args.seed}",
                                 *flags], env)
