@@ -39,6 +39,10 @@ from keras_pd.weighting import check_weighting
 #: The paper's recipe: the rounds to 2 and 1 step get twice the updates of the others
 #: (REFERENCE 5: 100k instead of 50k).
 FINAL_ROUNDS_FACTOR = 2
+#: A student of another network starts from scratch: its initial round gets this many rounds'
+#: updates at the teacher's own training rate (measured in docs/results.md, "Smaller students").
+NEW_NETWORK_INITIAL_FACTOR = 8
+NEW_NETWORK_INITIAL_RATE = 1e-3
 
 
 def check_power_of_two(n, name):
@@ -205,7 +209,10 @@ class DistillConfig(distribute.ScaleOutConfig):
             initial round (`initial_updates` updates, None: those of a round) in which the
             student learns the teacher's denoiser (WORKDIR/initial_student), starting from the
             teacher's weights when the network is the teacher's; the cascade starts from it.
-        initial_learning_rate: that round's initial rate (None: `learning_rate`).
+            For another network, None is `NEW_NETWORK_INITIAL_FACTOR` rounds' updates.
+        initial_learning_rate: that round's initial rate (None: `learning_rate`; for another
+            network, the teacher's training rate from its card, else
+            `NEW_NETWORK_INITIAL_RATE`).
     """
 
     teacher_steps: int | None = None
@@ -351,9 +358,11 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
     engine = distribute.from_config(cfg)
     engine.check_batch_size(cfg.batch_size)
     check_data_shape(teacher_card, dataset)
-    updates = {GUIDED: cfg.guided_updates,
-               INITIAL: cfg.initial_updates or cfg.updates_per_round}.get(
-                   stage, round_updates(cfg, student_steps))
+    new_network = stage == INITIAL and bool(cfg.student_preset)
+    initial = cfg.initial_updates or cfg.updates_per_round * (
+        NEW_NETWORK_INITIAL_FACTOR if new_network else 1)
+    updates = {GUIDED: cfg.guided_updates, INITIAL: initial}.get(
+        stage, round_updates(cfg, student_steps))
     guidance_range = ((cfg.guidance_min, cfg.guidance_max) if stage == GUIDED
                       else teacher_card.get("guidance_range"))
     # Load, build, compile and fit under the engine; both models take the run's dtype policy.
@@ -387,7 +396,11 @@ def distill_round(teacher_dir, out_dir, student_steps, cfg, round_index, dataset
                                       else None)
             title = (f"round {round_index}: {2 * student_steps} -> {student_steps} steps, "
                      f"{updates} updates")
-        rate = cfg.initial_learning_rate if stage == INITIAL else None
+        rate = None
+        if stage == INITIAL:
+            rate = cfg.initial_learning_rate or (
+                (teacher_card.get("config") or {}).get("learning_rate")
+                or NEW_NETWORK_INITIAL_RATE if new_network else None)
         optimizer = make_optimizer(rate or cfg.learning_rate, decay_steps=updates,
                                    grad_clip=cfg.grad_clip,
                                    skip_nonfinite=cfg.skip_nonfinite)
