@@ -291,12 +291,26 @@ def _denoiser_gap(teacher, student, x, seed=3):
     return float(np.mean((a - b) ** 2))
 
 
+def _gaps_before_and_after_learning(teacher, student, peak_rate, epochs):
+    """The student's gap to the teacher's x_hat on 4,096 toy2d points, before and after
+    `epochs` of denoiser distillation (16 updates an epoch, the rate decayed to 0)."""
+    from keras_pd.data import load_dataset
+    from keras_pd.denoiser_distillation import DenoiserDistillationModel
+
+    x = load_dataset("toy2d").x[:4096]
+    gap0 = _denoiser_gap(teacher, student, x)
+    model = DenoiserDistillationModel(teacher, student, seed=0)
+    rate = keras.optimizers.schedules.PolynomialDecay(peak_rate, 16 * epochs, 0.0)
+    model.compile(optimizer=keras.optimizers.Adam(rate, global_clipnorm=1.0))
+    model.fit(x, batch_size=256, epochs=epochs, verbose=0)
+    return gap0, _denoiser_gap(teacher, student, x)
+
+
 @pytest.mark.slow
 def test_a_v_student_of_an_x_teacher_learns_its_denoiser(toy_teacher_dir):
     """The teacher's weights read as v are another function; denoiser distillation closes the
     gap to the teacher's x_hat, and leaves the teacher unchanged."""
-    from keras_pd.data import load_dataset
-    from keras_pd.denoiser_distillation import DenoiserDistillationModel, converted_student
+    from keras_pd.denoiser_distillation import converted_student
 
     teacher, _ = ckpt.load_model(toy_teacher_dir)
     before = [w.copy() for w in teacher.get_weights()]
@@ -304,13 +318,7 @@ def test_a_v_student_of_an_x_teacher_learns_its_denoiser(toy_teacher_dir):
     assert student.parameterization == "v"
     for w0, w1 in zip(teacher.get_weights(), student.get_weights()):
         np.testing.assert_array_equal(w0, w1)
-    x = load_dataset("toy2d").x[:4096]
-    gap0 = _denoiser_gap(teacher, student, x)
-    model = DenoiserDistillationModel(teacher, student, seed=0)
-    rate = keras.optimizers.schedules.PolynomialDecay(1e-3, 256, 0.0)
-    model.compile(optimizer=keras.optimizers.Adam(rate, global_clipnorm=1.0))
-    model.fit(x, batch_size=256, epochs=16, verbose=0)  # 256 updates
-    gap1 = _denoiser_gap(teacher, student, x)
+    gap0, gap1 = _gaps_before_and_after_learning(teacher, student, 1e-3, 16)  # 256 updates
     assert gap1 < 0.2 * gap0, (gap0, gap1)
     for w0, w1 in zip(before, teacher.get_weights()):
         np.testing.assert_array_equal(w0, w1)
@@ -342,8 +350,7 @@ def test_a_smaller_student_learns_the_teachers_denoiser_from_its_own_initialisat
         toy_teacher_dir):
     """student_preset: another (here narrower) network, freshly initialised, not the teacher's
     weights; denoiser distillation brings its x_hat to the teacher's."""
-    from keras_pd.data import load_dataset
-    from keras_pd.denoiser_distillation import DenoiserDistillationModel, converted_student
+    from keras_pd.denoiser_distillation import converted_student
     from keras_pd.networks.presets import PRESETS, make_network
 
     PRESETS["toy2d_narrow"] = dict(PRESETS["toy2d"], width=48)
@@ -354,13 +361,7 @@ def test_a_smaller_student_learns_the_teachers_denoiser_from_its_own_initialisat
         assert student.count_params() == expected < teacher.count_params() / 3
         assert student.parameterization == teacher.parameterization
         assert student.schedule.to_config() == teacher.schedule.to_config()
-        x = load_dataset("toy2d").x[:4096]
-        gap0 = _denoiser_gap(teacher, student, x)
-        model = DenoiserDistillationModel(teacher, student, seed=0)
-        rate = keras.optimizers.schedules.PolynomialDecay(3e-3, 384, 0.0)
-        model.compile(optimizer=keras.optimizers.Adam(rate, global_clipnorm=1.0))
-        model.fit(x, batch_size=256, epochs=24, verbose=0)  # 384 updates
-        gap1 = _denoiser_gap(teacher, student, x)
+        gap0, gap1 = _gaps_before_and_after_learning(teacher, student, 3e-3, 24)  # 384
         assert gap1 < 0.2 * gap0, (gap0, gap1)
         with pytest.raises(ValueError, match="student_preset 'nope'"):
             converted_student(teacher, preset="nope")
