@@ -9,7 +9,9 @@ samples, 2,000 updates a round, 4,000 for the rounds to 2 and 1 step), the proje
 (apps.evaluate: domain-classifier FID, 1,000 samples, noise seed = the seed) and the LiteRT
 export of every student of 8 steps or fewer with its batch-1 latency under the bare runtime
 (`pipeline.export_students`). "same" is the ordinary cascade (students copy the teacher).
-Writes WORKDIR/sSEED/summary.json and, with --plot, a quality-against-latency figure. Every
+`--train_flags`, `--distill_flags` and `--evaluate_flags` pass more flags to the three apps (the
+convolutional cascade: `--train_flags="--preset=digits --train_steps=6000"`). Writes
+WORKDIR/sSEED/summary.json and, with --plot, a quality-against-latency figure. Every
 stage resumes when the same command is run again.
 """
 
@@ -52,6 +54,10 @@ def main():
     p.add_argument("--plot", default=None, help="write the quality/latency figure here")
     p.add_argument("--remeasure", type=int, default=0,
                    help="rounds of interleaved latency measurement of every export (0: none)")
+    p.add_argument("--train_flags", default="", help="more apps.train flags (the teacher)")
+    p.add_argument("--distill_flags", default="", help="more apps.distill flags (every variant)")
+    p.add_argument("--evaluate_flags", default="", help="more apps.evaluate flags")
+    p.add_argument("--no_export", action="store_true", help="no LiteRT exports or latencies")
     args = p.parse_args()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     base = os.path.join(args.workdir, f"s{args.seed}")
@@ -60,7 +66,9 @@ def main():
     summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
     if "teacher_s" not in summary:
         summary["teacher_s"] = run([sys.executable, "-m", "apps.train", "--dataset=digits",
-                                    f"--seed={args.seed}", f"--workdir={teacher}"], env)
+                                    f"--seed={args.seed}", f"--workdir={teacher}",
+                                    *args.train_flags.split()], env)
+        summary["train_flags"] = args.train_flags
     from keras_pd import checkpoint as ckpt
     from keras_pd.pipeline import export_students
 
@@ -72,17 +80,18 @@ def main():
         flags += [f"--initial_updates={updates}"] if updates else []
         flags += [f"--initial_learning_rate={rate}"] if rate else []
         row = {"preset": preset or ckpt.read_card(teacher)["preset"], "initial_updates": updates,
-               "initial_learning_rate": rate}
+               "initial_learning_rate": rate, "distill_flags": args.distill_flags,
+               "evaluate_flags": args.evaluate_flags}
         row["distill_s"] = run([sys.executable, "-m", "apps.distill", f"--teacher={teacher}",
                                 f"--workdir={out}", "--end_steps=1", f"--seed={args.seed}",
-                                *flags], env)
+                                *flags, *args.distill_flags.split()], env)
         row["evaluate_s"] = run([sys.executable, "-m", "apps.evaluate", f"--workdir={out}",
                                  f"--teacher={teacher}", f"--num_samples={args.num_samples}",
-                                 f"--seed={args.seed}"], env)
+                                 f"--seed={args.seed}", *args.evaluate_flags.split()], env)
         results = json.load(open(os.path.join(out, "results.json")))
         row["table"] = results["table"]["rows"]
         row["parameters"] = ckpt.read_card(os.path.join(out, "student_0001"))["parameters"]
-        row["exports"] = export_students(out, 8, verbose=0)
+        row["exports"] = [] if args.no_export else export_students(out, 8, verbose=0)
         summary.setdefault("variants", {})[name] = row
         with open(summary_path + ".tmp", "w") as f:
             json.dump(summary, f, indent=1)
