@@ -1,18 +1,23 @@
-"""PyTorch backend only: the optimizer's EMA and global-norm clipping as fused `_foreach` calls.
+"""PyTorch backend only: Adam, its EMA and global-norm clipping in fewer passes over the weights.
 
 Keras' base optimizer updates the EMA of the weights with about eight `keras.ops` calls per
-variable and clips by global norm with three more, in a Python loop. JAX and TensorFlow (XLA)
-compile that loop into a few fused kernels; eager PyTorch runs every op, so on small networks
-the EMA and the clipping are a quarter of the whole training step (docs/performance.md,
-"Backend gap"). Keras' own PyTorch Adam already updates all moments in a handful of
-`torch._foreach_*` calls; this mixin does the same for the two remaining loops:
+variable and clips by global norm with three more, in a Python loop; its PyTorch Adam runs ten
+`torch._foreach_*` calls. JAX and TensorFlow (XLA) compile all of that into a few fused kernels.
+On the CPU a `_foreach` call is itself a loop of one kernel per tensor, so eager PyTorch makes
+about 20 passes over the weights per update, a large part of a small network's step
+(docs/performance.md, "Against a plain PyTorch loop"). This mixin uses
 
-    EMA:      a <- m * a + (1 - m) * w,   m = ema_momentum (0 on the first update, as Keras)
+    Adam:     PyTorch's fused Adam kernel (one pass), with Keras' arithmetic: Keras adds epsilon to
+              sqrt(v) before the bias correction, PyTorch after it, so the kernel gets
+              eps_t = eps / sqrt(1 - beta_2^t), which makes the two updates identical:
+              w <- w - lr sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + eps)
+    EMA:      a <- a + (1 - m)(w - a) = m * a + (1 - m) * w, one lerp per tensor
+              (m = ema_momentum; 0 on the first update, as Keras)
     clipping: g <- g * clip * min(1 / ||g||, 1 / clip),   ||g|| the global L2 norm (NaN stays NaN)
 
 The variables, their order and the arithmetic are Keras' own, so checkpoints and results are
 interchangeable with the unfused optimizer (tested to float32 rounding in
-tests/test_training.py).
+tests/test_optimizer.py).
 """
 
 import keras
@@ -35,10 +40,28 @@ class FusedTorchMixin:
             return
         values, averages = (list(p) for p in zip(*pairs))
         with torch.no_grad():
-            not_first = (self.iterations.value != 0).to(values[0].dtype)
-            momentum = not_first * self.ema_momentum
-            torch._foreach_mul_(averages, momentum)
-            torch._foreach_add_(averages, torch._foreach_mul(values, 1.0 - momentum))
+            momentum = self.ema_momentum if int(self.iterations.value) else 0.0
+            torch._foreach_lerp_(averages, values, 1.0 - momentum)
+
+    def _parallel_update_step(self, grads, variables, learning_rate):
+        import torch
+
+        values = [v.value for v in variables]
+        if (not self._fused_adam or self.amsgrad
+                or any(v.dtype != torch.float32 for v in values)):
+            return super()._parallel_update_step(grads, variables, learning_rate)
+        with torch.no_grad():
+            step = (self.iterations.value + 1).to(torch.float32)
+            lr = getattr(learning_rate, "value", learning_rate)  # a Keras variable or a tensor
+            lr = torch.as_tensor(lr, dtype=torch.float32)
+            eps = self.epsilon / float(torch.sqrt(1.0 - self.beta_2 ** step))
+            index = self._get_variable_index
+            torch._fused_adam_(
+                values, [g.to(torch.float32) for g in grads],
+                [self._momentums[index(v)].value for v in variables],
+                [self._velocities[index(v)].value for v in variables],
+                [], [step] * len(values), amsgrad=False, lr=lr, beta1=self.beta_1,
+                beta2=self.beta_2, weight_decay=0.0, eps=eps, maximize=False)
 
     def _clip_gradients(self, grads):
         import torch
@@ -67,6 +90,10 @@ def fuse_for_torch(optimizer):
         return optimizer
     base = type(optimizer)
     if base not in _CLASSES:
-        _CLASSES[base] = type(f"FusedTorch{base.__name__}", (FusedTorchMixin, base), {})
+        from keras.src.backend.torch.optimizers.torch_adam import Adam
+
+        # Only Keras' own Adam (not AdamW or a subclass) takes the fused Adam kernel.
+        _CLASSES[base] = type(f"FusedTorch{base.__name__}", (FusedTorchMixin, base),
+                              {"_fused_adam": base is Adam})
     optimizer.__class__ = _CLASSES[base]
     return optimizer

@@ -160,18 +160,26 @@ def test_attention_block_matches_numpy(data_format):
         AttentionBlock(num_heads=3)(x)
 
 
-@pytest.mark.parametrize("out_channels,resample", [(None, None), (96, "down"), (96, "up")])
-def test_resblock_with_groupnorm_conditioning_matches_numpy(out_channels, resample):
+@pytest.mark.parametrize("out_channels,resample,data_format", [
+    (None, None, "channels_last"), (96, "down", "channels_last"), (96, "up", "channels_last"),
+    (96, "down", "channels_first")])
+def test_resblock_with_groupnorm_conditioning_matches_numpy(out_channels, resample, data_format):
     # h = swish(GN(x)); resample h and x; conv3x3; scale, shift = Dense(swish(emb));
     # h = swish(GN(h) (1 + scale) + shift); conv3x3; skip (1x1 conv if channels change) + h.
     # 64 and 96 channels: 32 groups of 2 and of 3 channels.
     rng = np.random.default_rng(0)
     x = rng.standard_normal((B, 4, 4, 64)).astype("float32")
     emb = rng.standard_normal((B, 16)).astype("float32")  # a different embedding per example
-    block = ResBlock(out_channels=out_channels, resample=resample)
-    block(x, emb)
+    block = ResBlock(out_channels=out_channels, resample=resample, data_format=data_format)
+    first = data_format == "channels_first"  # the fused group norm on torch (torch_ops)
+
+    def apply(e):
+        y = _np(block(x.transpose(0, 3, 1, 2) if first else x, e))
+        return y.transpose(0, 2, 3, 1) if first else y
+
+    apply(emb)
     _perturb(block, scale=0.2)
-    got = _np(block(x, emb))
+    got = apply(emb)
     out = 64 if out_channels is None else out_channels
 
     def resample_np(a):
@@ -197,7 +205,7 @@ def test_resblock_with_groupnorm_conditioning_matches_numpy(out_channels, resamp
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-4)
     # The conditioning matters: swapping the two examples' embeddings moves the output.
-    swapped = _np(block(x, emb[::-1]))
+    swapped = apply(emb[::-1])
     assert np.abs(swapped - got).max() > 0.1
 
 

@@ -161,6 +161,7 @@ def bench_preset(preset, args, peak_gflops, log, save=lambda result: None):
 
     from keras_pd.data import BatchStream
     from keras_pd.distillation import DistillationModel, DistillConfig, copy_model
+    from keras_pd.distribute import Engine
     from keras_pd.runs import make_optimizer
     from keras_pd.training import TrainConfig, build_teacher
 
@@ -199,7 +200,8 @@ def bench_preset(preset, args, peak_gflops, log, save=lambda result: None):
     model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
                                            ema_decay=cfg.ema_decay,
                                            weight_decay=cfg.weight_decay,
-                                           grad_clip=cfg.grad_clip))
+                                           grad_clip=cfg.grad_clip),
+                  jit_compile=Engine("none").jit_compile())  # as training runs compile it
     stream = BatchStream(dataset.x, None, batch, seed=args.seed)
     train = time_fit(model, stream, settings["train_steps"], args.repeats, batch)
     train["achieved_gflops"] = train["examples_per_s"] * 3 * fwd / 1e9

@@ -135,6 +135,7 @@ def worker_keras(args):
 
         torch.set_num_threads(args.threads)
     from keras_pd.data import BatchStream, load_dataset
+    from keras_pd.distribute import Engine
     from keras_pd.runs import make_optimizer
     from keras_pd.training import TrainConfig, build_teacher
     from tools.bench_flops import count_forward_flops
@@ -154,7 +155,8 @@ def worker_keras(args):
                 lambda: model.network(z, keras.ops.zeros((1,)), None, training=False))
         return result
     model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
-                                           ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip))
+                                           ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip),
+                  jit_compile=Engine("none").jit_compile())  # as training runs compile it
     times, cpu = [], []
 
     class Timer(keras.callbacks.Callback):

@@ -1,0 +1,44 @@
+"""PyTorch backend only: group normalisation with the time-embedding modulation as two kernels.
+
+Keras' `GroupNormalization` is written with `keras.ops`: a reshape into groups, `moments`, an
+rsqrt and four broadcast multiply-adds. JAX and TensorFlow (XLA) fuse those into one or two
+kernels; eager PyTorch runs each op and each op's backward, so on the digits UNet the group
+norms alone cost more than the convolutions' forward (docs/performance.md, "Against a plain
+PyTorch loop"). PyTorch has the whole normalisation as one native kernel with its own backward,
+`torch.nn.functional.group_norm`. The ResBlock's modulation is folded in as one fused
+multiply-add, with the per-channel factors computed at [B, C]:
+
+    GN(x) * (1 + scale) + shift = x_hat * (gamma * (1 + scale)) + (beta * (1 + scale) + shift)
+
+where x_hat is x normalised per (example, group). The weights (gamma, beta) are Keras' own, so
+checkpoints are interchangeable with the unfused layer; the result matches it to float32
+rounding (tests/test_networks.py).
+"""
+
+
+def group_norm(x, groups, gamma, beta, epsilon, scale=None, shift=None):
+    """Group normalisation of a channels-first torch tensor, optionally modulated.
+
+    Args:
+        x: torch tensor [B, C, ...].
+        groups: int, number of groups (divides C).
+        gamma, beta: torch tensors [C], the affine weights.
+        epsilon: float, added to the variance.
+        scale, shift: None, or torch tensors broadcastable to [B, C, 1, ...]: the output is
+            then `GN(x) * (1 + scale) + shift`.
+
+    Returns:
+        A torch tensor of the shape of `x`.
+    """
+    import torch
+
+    if scale is None and shift is None:
+        return torch.nn.functional.group_norm(x, groups, gamma, beta, epsilon)
+    x_hat = torch.nn.functional.group_norm(x, groups, None, None, epsilon)
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    gamma, beta = gamma.view(view), beta.view(view)
+    factor = gamma if scale is None else gamma * (1.0 + scale)
+    offset = beta if scale is None else beta * (1.0 + scale)
+    if shift is not None:
+        offset = offset + shift
+    return torch.addcmul(offset, x_hat, factor)

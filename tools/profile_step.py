@@ -1,0 +1,192 @@
+"""Where a teacher's training step spends its time, per backend (docs/performance.md, issue 22).
+
+    python tools/profile_step.py --presets=digits,digits_mlp --backends=torch,jax,tensorflow \
+        --out=profile_step.json
+
+Every (preset, backend) runs in its own subprocess, pinned to --cpus cores (default one, so all
+backends get the same resources as the one-thread PyTorch peer of tools/bench_peer.py), and
+trains through the library's real path (`build_teacher`, `fit` on a `BatchStream`, batch 128).
+It reports the median ms per step (wall and process CPU) of `fit` with
+
+* "full": the real optimizer (`make_optimizer`: Adam, warmup, EMA, global-norm clipping);
+* "adam": plain Adam (no EMA, no clipping): full - adam is what EMA and clipping cost;
+* "sgd": plain SGD: adam - sgd is what Adam's moments cost;
+
+and on torch also the eager network alone: "forward" (the loss, as in training) and
+"forward_backward" (its gradients), so that sgd - forward_backward is Keras' train-step
+machinery, and a torch.profiler table of --profile_steps full steps: the top operators by self
+CPU time per step, and the share of the step that no operator accounts for (Python: Keras'
+layer calls, dispatch and variable access).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+from bench_common import run_worker, write_report
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+BATCH = 128
+
+
+def _median_ms(fn, steps, epochs):
+    """Median over `epochs` (after one warm-up) of wall and CPU ms per call of fn(steps)."""
+    wall, cpu = [], []
+    for _ in range(1 + epochs):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn(steps)
+        wall.append((time.perf_counter() - t0) / steps)
+        cpu.append((time.process_time() - c0) / steps)
+    return 1000 * statistics.median(wall[1:]), 1000 * statistics.median(cpu[1:])
+
+
+def fit_ms(model, stream, steps, epochs):
+    """Median wall and CPU ms per step of one `fit` call's epochs after the first (warm-up)."""
+    import keras
+
+    wall, cpu = [], []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            keras.ops.convert_to_numpy(self.model.trainable_variables[-1])
+            wall.append((time.perf_counter() - self.t0) / steps)
+            cpu.append((time.process_time() - self.c0) / steps)
+
+    model.fit(stream, steps_per_epoch=steps, epochs=1 + epochs, verbose=0, callbacks=[Timer()])
+    return 1000 * statistics.median(wall[1:]), 1000 * statistics.median(cpu[1:])
+
+
+def worker(args):
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(args.cpus)
+    from keras_pd.data import BatchStream, load_dataset
+    from keras_pd.distribute import Engine
+    from keras_pd.runs import make_optimizer
+    from keras_pd.training import TrainConfig, build_teacher
+
+    data = load_dataset("digits")
+    cfg = TrainConfig(dataset="digits", preset=args.preset, batch_size=BATCH).resolved()
+    optimizers = {
+        "full": lambda: make_optimizer(cfg.learning_rate, cfg.warmup_steps,
+                                       ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip),
+        "adam": lambda: keras.optimizers.Adam(cfg.learning_rate),
+        "sgd": lambda: keras.optimizers.SGD(cfg.learning_rate),
+    }
+    result = {"backend": backend, "preset": args.preset, "cpus": args.cpus}
+    for name, make in optimizers.items():  # a fresh model each (JAX keeps compiled state)
+        keras.utils.set_random_seed(0)
+        model = build_teacher(cfg, data)
+        result["params"] = int(model.count_params())
+        model.compile(optimizer=make(), jit_compile=Engine("none").jit_compile())
+        stream = BatchStream(data.x, None, BATCH, seed=0).generator()
+
+        result[name] = fit_ms(model, stream, args.steps, args.epochs)
+    if backend == "torch":
+        result.update(torch_parts(model, data, args))
+    return result
+
+
+def torch_parts(model, data, args):
+    """The eager network's forward and backward, and a torch.profiler table of full steps."""
+    import keras
+    import numpy as np
+    import torch
+
+    from keras_pd.data import BatchStream
+    from keras_pd.runs import make_optimizer
+
+    x = keras.ops.convert_to_tensor(data.x[np.random.default_rng(0).integers(0, len(data.x),
+                                                                           BATCH)])
+
+    def forward(steps, backward=False):
+        for _ in range(steps):
+            loss = model.compute_loss(x=x, y=None, y_pred=None, training=True)
+            if backward:
+                loss.backward()  # gradients accumulate; only the time matters here
+        float(loss.detach())
+
+    out = {"forward": _median_ms(forward, args.steps, args.epochs),
+           "forward_backward": _median_ms(lambda s: forward(s, True), args.steps, args.epochs)}
+    model.compile(optimizer=make_optimizer(1e-4, 100, ema_decay=0.9999, grad_clip=1.0))
+    stream = BatchStream(data.x, None, BATCH, seed=0).generator()
+    model.fit(stream, steps_per_epoch=2, epochs=1, verbose=0)  # warm-up
+    n = args.profile_steps
+    t0 = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model.fit(stream, steps_per_epoch=n, epochs=1, verbose=0)
+    wall_ms = 1000 * (time.perf_counter() - t0) / n
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total_self = sum(e.self_cpu_time_total for e in events) / 1000 / n  # ms per step
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]
+    out["profile"] = {
+        "steps": n, "wall_ms_per_step_profiled": wall_ms,
+        "aten_self_ms_per_step": total_self,
+        "outside_aten_share": max(0.0, 1 - total_self / wall_ms),
+        "top": [{"op": e.key, "calls_per_step": e.count / n,
+                 "self_ms_per_step": e.self_cpu_time_total / 1000 / n,
+                 "share": e.self_cpu_time_total / 1000 / n / wall_ms} for e in top]}
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", default="digits,digits_mlp")
+    p.add_argument("--backends", default="torch,jax,tensorflow")
+    p.add_argument("--cpus", type=int, default=1, help="cores each worker is pinned to")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per epoch")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs (the median is kept)")
+    p.add_argument("--profile_steps", type=int, default=5)
+    p.add_argument("--top", type=int, default=15, help="operators in the torch table")
+    p.add_argument("--timeout", type=int, default=1800)
+    p.add_argument("--out", default=None)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--preset", default="digits", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        os.sched_setaffinity(0, set(range(args.cpus)))
+        print("RESULT " + json.dumps(worker(args)), flush=True)
+        return None
+    report = {"loadavg_start": os.getloadavg(), "cpus": args.cpus, "batch": BATCH, "runs": []}
+    for preset in args.presets.split(","):
+        for backend in args.backends.split(","):
+            argv = [sys.executable, os.path.abspath(__file__), "--worker", f"--preset={preset}",
+                    f"--cpus={args.cpus}", f"--steps={args.steps}", f"--epochs={args.epochs}",
+                    f"--profile_steps={args.profile_steps}", f"--top={args.top}"]
+            env = dict(os.environ, KERAS_BACKEND=backend)
+            if backend == "torch":
+                env["OMP_NUM_THREADS"] = str(args.cpus)
+            res = run_worker(argv, env, args.timeout)
+            res.setdefault("backend", backend)
+            res.setdefault("preset", preset)
+            report["runs"].append(res)
+            print(json.dumps({k: v for k, v in res.items() if k != "profile"}), flush=True)
+            write_report(args.out, report)
+    report["loadavg_end"] = os.getloadavg()
+    for res in report["runs"]:
+        if "profile" in res:
+            prof = res["profile"]
+            print(f"\n{res['preset']} on torch: {prof['wall_ms_per_step_profiled']:.1f} ms/step "
+                  f"profiled; {100 * prof['outside_aten_share']:.0f}% outside aten operators")
+            for row in prof["top"]:
+                print(f"  {row['op']:<40} {row['calls_per_step']:7.0f} calls "
+                      f"{row['self_ms_per_step']:8.2f} ms {100 * row['share']:5.1f}%")
+    write_report(args.out, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
