@@ -207,6 +207,18 @@ def test_evaluate_app_prints_the_table_it_writes(tiny_teacher, tmp_path):
         table = f.read()
     assert "| teacher, DDIM |" in table and table.strip() in proc.stdout
     assert os.path.exists(tmp_path / "results.png")
+    # --gammas= (an empty list): no ancestral samplings, the other rows unchanged.
+    proc = run_app("evaluate", f"--workdir={tmp_path}/no_ancestral", f"--teacher={tiny_teacher}",
+                   "--num_samples=50", "--gammas=")
+    with open(tmp_path / "results.json") as f:
+        full = json.load(f)
+    with open(tmp_path / "no_ancestral" / "results.json") as f:
+        lean = json.load(f)
+    assert any(k.startswith("ancestral_") for k in full["cells"])
+    assert set(lean["cells"]) == {k for k in full["cells"] if not k.startswith("ancestral_")}
+    assert not lean["table"]["rows"]["ancestral"] and full["table"]["rows"]["ancestral"]
+    for key, cell in lean["cells"].items():  # the same noise seed: the same samples and scores
+        assert cell["metric"] == pytest.approx(full["cells"][key]["metric"], rel=1e-5)
 
 
 # Bad input (wrong flags, files, directories): tests/test_reliability.py, one test per row of
