@@ -25,7 +25,8 @@ Every configuration runs in its own subprocess (torch with one intra-op thread, 
 docs/performance.md); the rounds alternate the configurations so load changes hit all alike. Each
 process times --epochs epochs of --steps steps after a warm-up epoch and reports the median wall
 and process-CPU ms per step (on a shared machine the wall time also counts waiting for a core;
-JAX and TensorFlow use both cores, so their CPU time sums two threads).
+JAX and TensorFlow use both cores, so their CPU time sums two threads, unless --cpus pins every
+worker to that many cores).
 """
 
 import argparse
@@ -181,7 +182,8 @@ def run(config, args):
     kind, backend = config.split(":") if ":" in config else (config, "torch")
     env = dict(os.environ, KERAS_BACKEND=backend)
     argv = [sys.executable, os.path.abspath(__file__), f"--worker={kind}",
-            f"--steps={args.steps}", f"--epochs={args.epochs}", f"--threads={args.threads}"]
+            f"--steps={args.steps}", f"--epochs={args.epochs}", f"--threads={args.threads}",
+            f"--cpus={args.cpus}"]
     if kind == "count":
         argv[2] = "--worker=keras"
         argv.append("--count_only")
@@ -196,17 +198,22 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=8, help="timed steps per epoch")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per process")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--cpus", type=int, default=0,
+                   help="pin every worker to this many cores (0: JAX and TensorFlow use all)")
     p.add_argument("--timeout", type=int, default=1200)
     p.add_argument("--out", default=None)
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--count_only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
+        if args.cpus:  # before the backend starts its thread pools
+            os.sched_setaffinity(0, set(range(args.cpus)))
         result = worker_peer(args) if args.worker == "peer" else worker_keras(args)
         print("RESULT " + json.dumps(result), flush=True)
         return result
 
-    report = {"loadavg_start": os.getloadavg(), "batch": BATCH, "rounds": []}
+    report = {"loadavg_start": os.getloadavg(), "batch": BATCH, "cpus": args.cpus,
+              "torch_threads": args.threads, "rounds": []}
     start = time.perf_counter()
     flops = run("count:torch", args)
     report["keras_pd_flops"] = flops
