@@ -2,7 +2,9 @@
 
 import json
 import os
+import statistics
 import subprocess
+import time
 
 
 def write_report(path, report):
@@ -22,3 +24,25 @@ def run_worker(argv, env, timeout):
     if proc.returncode or not lines:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-3:]}
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def fit_ms(model, stream, steps, epochs):
+    """One `fit` call of 1 + epochs epochs of `steps` steps; returns (median wall ms per step,
+    median process-CPU ms per step, every epoch's wall ms per step), the first epoch (warm-up,
+    compilation) excluded from the medians."""
+    import keras
+
+    wall, cpu = [], []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            keras.ops.convert_to_numpy(self.model.trainable_variables[-1])
+            wall.append((time.perf_counter() - self.t0) / steps)
+            cpu.append((time.process_time() - self.c0) / steps)
+
+    model.fit(stream, steps_per_epoch=steps, epochs=1 + epochs, verbose=0, callbacks=[Timer()])
+    return (1000 * statistics.median(wall[1:]), 1000 * statistics.median(cpu[1:]),
+            [1000 * t for t in wall])

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 
-from bench_common import run_worker, write_report
+from bench_common import fit_ms, run_worker, write_report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,23 +158,10 @@ def worker_keras(args):
     model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
                                            ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip),
                   jit_compile=Engine("none").jit_compile())  # as training runs compile it
-    times, cpu = [], []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0, self.c0 = time.perf_counter(), time.process_time()
-
-        def on_epoch_end(self, epoch, logs=None):
-            keras.ops.convert_to_numpy(self.model.trainable_variables[-1])
-            times.append((time.perf_counter() - self.t0) / args.steps)
-            cpu.append((time.process_time() - self.c0) / args.steps)
-
-    model.fit(BatchStream(data.x, None, BATCH, seed=0).generator(), steps_per_epoch=args.steps,
-              epochs=1 + args.epochs, verbose=0, callbacks=[Timer()])
-    ms = 1000 * statistics.median(times[1:])
-    result.update(ms_per_step=ms, examples_per_s=BATCH / ms * 1000,
-                  cpu_ms_per_step=1000 * statistics.median(cpu[1:]),
-                  ms_all=[1000 * t for t in times], keras=keras.__version__)
+    ms, cpu_ms, ms_all = fit_ms(model, BatchStream(data.x, None, BATCH, seed=0).generator(),
+                                args.steps, args.epochs)
+    result.update(ms_per_step=ms, examples_per_s=BATCH / ms * 1000, cpu_ms_per_step=cpu_ms,
+                  ms_all=ms_all, keras=keras.__version__)
     return result
 
 

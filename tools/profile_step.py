@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 
-from bench_common import run_worker, write_report
+from bench_common import fit_ms, run_worker, write_report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,25 +43,6 @@ def _median_ms(fn, steps, epochs):
         fn(steps)
         wall.append((time.perf_counter() - t0) / steps)
         cpu.append((time.process_time() - c0) / steps)
-    return 1000 * statistics.median(wall[1:]), 1000 * statistics.median(cpu[1:])
-
-
-def fit_ms(model, stream, steps, epochs):
-    """Median wall and CPU ms per step of one `fit` call's epochs after the first (warm-up)."""
-    import keras
-
-    wall, cpu = [], []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0, self.c0 = time.perf_counter(), time.process_time()
-
-        def on_epoch_end(self, epoch, logs=None):
-            keras.ops.convert_to_numpy(self.model.trainable_variables[-1])
-            wall.append((time.perf_counter() - self.t0) / steps)
-            cpu.append((time.process_time() - self.c0) / steps)
-
-    model.fit(stream, steps_per_epoch=steps, epochs=1 + epochs, verbose=0, callbacks=[Timer()])
     return 1000 * statistics.median(wall[1:]), 1000 * statistics.median(cpu[1:])
 
 
@@ -94,7 +75,7 @@ def worker(args):
         model.compile(optimizer=make(), jit_compile=Engine("none").jit_compile())
         stream = BatchStream(data.x, None, BATCH, seed=0).generator()
 
-        result[name] = fit_ms(model, stream, args.steps, args.epochs)
+        result[name] = fit_ms(model, stream, args.steps, args.epochs)[:2]
     if backend == "torch":
         result.update(torch_parts(model, data, args))
     return result
