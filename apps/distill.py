@@ -18,7 +18,7 @@ import dataclasses
 from apps import common, scale_flags, schedule_flags
 from absl import flags
 
-from keras_pd.distillation import DistillConfig, distill
+from keras_pd.cascade import DistillConfig, distill
 from keras_pd.imported import distill_imported
 from keras_pd.networks.foreign import CALL_STYLES, NOISE_INPUTS
 from keras_pd.parameterization import PARAMETERIZATIONS

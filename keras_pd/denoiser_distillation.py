@@ -6,7 +6,7 @@ x_hat onto the teacher's (unclipped) x_hat at t ~ U[0, 1] under the cascade's lo
 
 | student | why it cannot be a copy | where |
 |---|---|---|
-| another parameterization (an x- or v-student of an eps teacher) | the same weights read as v are another function | `converted_student`, `distillation.distill`'s initial round |
+| another parameterization (an x- or v-student of an eps teacher) | the same weights read as v are another function | `converted_student`, `cascade.distill`'s initial round |
 | another network (a smaller one, `student_preset`) | other weights | the same |
 | a guided student (takes w) | a new input | `guided_distillation` (stage one, w passed to both) |
 

@@ -136,7 +136,7 @@ def import_teacher(model_path, teacher_dir, sampling_steps, dataset=None, **conv
 def distill_imported(model_path, workdir, config, teacher_steps, dataset=None, verbose=1,
                      **conventions):
     """`apps.distill --teacher_model`: imports the model as WORKDIR/teacher, then runs the
-    cascade on it (`distillation.distill`), resuming where it stopped.
+    cascade on it (`cascade.distill`), resuming where it stopped.
 
     The cascade's settings are checked before anything is written, the model's conventions
     before the teacher directory is (`import_teacher`).
@@ -144,7 +144,7 @@ def distill_imported(model_path, workdir, config, teacher_steps, dataset=None, v
     Returns:
         `distill`'s list of (steps, student directory).
     """
-    from keras_pd.distillation import distill, plan
+    from keras_pd.cascade import distill, plan
 
     plan(config, {"sampling_steps": teacher_steps})
     teacher_dir = os.path.join(workdir, "teacher")

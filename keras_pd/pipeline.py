@@ -10,7 +10,7 @@ import os
 import time
 
 from keras_pd import checkpoint as ckpt
-from keras_pd.distillation import FINAL_ROUNDS_FACTOR, DistillConfig, distill
+from keras_pd.cascade import FINAL_ROUNDS_FACTOR, DistillConfig, distill
 from keras_pd.evaluation import evaluate, evaluate_guided, find_students
 from keras_pd.training import TrainConfig, train
 

@@ -9,14 +9,8 @@ from keras import ops
 
 from keras_pd import checkpoint as ckpt
 from keras_pd.diffusion import DiffusionModel
-from keras_pd.distillation import (
-    DistillConfig,
-    DistillationModel,
-    copy_model,
-    distill,
-    distillation_target,
-    plan,
-)
+from keras_pd.cascade import DistillConfig, distill, plan
+from keras_pd.distillation import DistillationModel, copy_model, distillation_target
 from keras_pd.networks import MLPDenoiser
 from keras_pd.schedules import logsnr_cosine
 
@@ -103,7 +97,7 @@ def test_last_step_target_ignores_a_nan_in_the_unused_branch():
 def test_one_recipe_for_app_pipeline_and_library():
     """apps.distill, apps.pipeline and DistillConfig run the paper's recipe: the rounds to 2
     and 1 step get twice the updates (REFERENCE 5: 100k vs 50k)."""
-    from keras_pd.distillation import round_updates
+    from keras_pd.cascade import round_updates
     from keras_pd.pipeline import PipelineConfig
 
     cfg = DistillConfig(updates_per_round=50)

@@ -211,7 +211,7 @@ def test_a_reversed_time_flow_teacher_trained_elsewhere_distills_end_to_end(tmp_
     distilled 16 -> 2 steps on its own samples: the 2-step student lands nearer the teacher's
     16-step samples (same noise) than the teacher's own 2 Euler steps do."""
     from keras_pd.data import load_dataset
-    from keras_pd.distillation import DistillConfig, distill
+    from keras_pd.cascade import DistillConfig, distill
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)

@@ -289,7 +289,7 @@ def test_guided_students_follow_the_requested_label_on_toy2d(tmp_path):
     requested mode (8 modes: chance is 1/8), and w = 0 reproduces the conditional model."""
     from keras_pd import checkpoint as ckpt
     from keras_pd.data import toy2d_centres
-    from keras_pd.distillation import DistillConfig, distill
+    from keras_pd.cascade import DistillConfig, distill
     from keras_pd.training import TrainConfig, train
 
     teacher_dir = str(tmp_path / "teacher")

@@ -21,8 +21,8 @@ import pytest
 
 from keras_pd import checkpoint as ckpt
 from keras_pd.data import BatchStream, load_dataset
-from keras_pd.distillation import (DistillConfig, DistillationModel, copy_model, distill,
-                                   plan)
+from keras_pd.cascade import DistillConfig, distill, plan
+from keras_pd.distillation import DistillationModel, copy_model
 from keras_pd.generate import generate
 from keras_pd.nonfinite import skip_nonfinite_updates
 from keras_pd.runs import make_optimizer
@@ -709,7 +709,7 @@ def test_killed_and_resumed_distillation_round_is_bit_identical(teacher, tmp_pat
     """The same for a distillation round (three SeedGenerators: the round's, the student's and
     the teacher's). The resumed call names its generators differently from the killed one, as
     a resumed `apps.distill` process does (it skips finished rounds, so creates fewer)."""
-    from keras_pd.distillation import distill_round
+    from keras_pd.cascade import distill_round
 
     data = load_dataset("toy2d", seed=TINY["seed"])
     cfg = DistillConfig(updates_per_round=4, final_rounds_factor=1, checkpoint_every=2,

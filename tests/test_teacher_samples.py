@@ -8,7 +8,7 @@ import pytest
 
 from keras_pd import checkpoint as ckpt
 from keras_pd.data import Dataset, DatasetError, load_dataset, toy2d_centres
-from keras_pd.distillation import DistillConfig, distill, distill_round
+from keras_pd.cascade import DistillConfig, distill, distill_round
 from keras_pd.teacher_samples import (SAMPLES_DIR, SAMPLES_FILE, balanced_labels, checksum,
                                       distillation_data, teacher_sample_set)
 from keras_pd.training import TrainConfig, train

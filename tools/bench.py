@@ -160,7 +160,8 @@ def bench_preset(preset, args, peak_gflops, log, save=lambda result: None):
     import keras
 
     from keras_pd.data import BatchStream
-    from keras_pd.distillation import DistillationModel, DistillConfig, copy_model
+    from keras_pd.cascade import DistillConfig
+    from keras_pd.distillation import DistillationModel, copy_model
     from keras_pd.distribute import Engine
     from keras_pd.runs import make_optimizer
     from keras_pd.training import TrainConfig, build_teacher

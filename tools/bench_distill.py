@@ -90,7 +90,8 @@ def _teacher_model(cfg, data):
 
 
 def _distill_model(cfg, data, seed=0):
-    from keras_pd.distillation import DistillationModel, DistillConfig, copy_model
+    from keras_pd.cascade import DistillConfig
+    from keras_pd.distillation import DistillationModel, copy_model
     from keras_pd.runs import make_optimizer
     from keras_pd.training import build_teacher
 

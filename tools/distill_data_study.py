@@ -44,7 +44,7 @@ def main(argv=None):
     import keras
 
     from keras_pd import pipeline
-    from keras_pd.distillation import distill
+    from keras_pd.cascade import distill
     from keras_pd.pipeline import PipelineConfig, run_pipeline
 
     variants = [parse_variant(v) for v in args.variants.split(",")]
