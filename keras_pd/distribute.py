@@ -41,6 +41,9 @@ DISTRIBUTIONS = ("none", "data_parallel", "mirrored", "multi_worker", "tpu")
 _BACKEND_OF = {"data_parallel": "jax", "mirrored": "tensorflow", "multi_worker": "tensorflow",
                "tpu": "tensorflow"}
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+#: Runs of at least this many updates compile their TensorFlow step with XLA
+#: (`Engine.jit_compile`): about twice the break-even length measured on digits_mlp.
+XLA_MIN_UPDATES = 1000
 
 
 @dataclasses.dataclass
@@ -195,17 +198,21 @@ class Engine:
             return tf_engine.clip_after_all_reduce(optimizer)
         return optimizer
 
-    def jit_compile(self):
-        """`compile(jit_compile=...)` for models trained under this engine.
+    def jit_compile(self, updates=None):
+        """`compile(jit_compile=...)` for a run of `updates` updates under this engine.
 
-        TensorFlow on one device: True (XLA). Keras' "auto" turns XLA off for TensorFlow on
-        CPU-only machines, where the train step then runs as a tf.function graph, op by op;
-        XLA fuses it, which measured faster here (docs/performance.md, "Backend gap"). Under a
-        tf.distribute strategy, on JAX (jitted anyway) and on torch (where torch.compile
-        measured slower than eager), Keras' "auto" stays.
+        TensorFlow on one device: True (XLA) for runs of at least `XLA_MIN_UPDATES` updates
+        (or of unknown length). Keras' "auto" turns XLA off for TensorFlow on CPU-only
+        machines, where the train step then runs as a tf.function graph, op by op; XLA fuses
+        it, which measured faster per update here, but its compilation costs seconds more
+        than tracing the graph, so a shorter run finishes sooner without it (both measured in
+        docs/performance.md, "Compiling the step"). The choice depends on the run's whole
+        length, not on what is left of it, so a resumed run compiles as the uninterrupted one
+        did. Under a tf.distribute strategy, on JAX (jitted anyway) and on torch (where
+        torch.compile measured slower than eager), Keras' "auto" stays.
         """
         if keras.backend.backend() == "tensorflow" and self.strategy is None:
-            return True
+            return updates is None or updates >= XLA_MIN_UPDATES
         return "auto"
 
     def steps_per_execution_limit(self):

@@ -221,7 +221,8 @@ def resume_and_fit(model, optimizer, workdir, card, total_steps, *, engine, sour
     Returns:
         (card, start): the card after the last update, and the update this call started from.
     """
-    model.compile(optimizer=engine.optimizer(optimizer), jit_compile=engine.jit_compile())
+    model.compile(optimizer=engine.optimizer(optimizer),
+                  jit_compile=engine.jit_compile(total_steps))
     model.optimizer.build(model.trainable_variables)
     state = ckpt.CheckpointManager(os.path.join(workdir, "checkpoints")).restore(model)
     start = 0

@@ -92,7 +92,7 @@ def resume(engine_name):
         keras.utils.set_random_seed(0)
         model = train(TrainConfig(dataset="toy2d", train_steps=steps, checkpoint_every=2,
                                   batch_size=BATCH, warmup_steps=0, learning_rate=1e-3,
-                                  sample_every=1000, sampling_steps=2, distribution=name),
+                                  sample_every=0, sampling_steps=2, distribution=name),
                       workdir, verbose=0)
         return flat(model)
 

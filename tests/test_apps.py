@@ -126,6 +126,7 @@ def test_train_writes_model_card_samples_and_logs(tiny_teacher):
     assert not [f for f in os.listdir(tiny_teacher) if f.startswith(".tmp")]
 
 
+@pytest.mark.one_backend("torch")  # flag handling: one pass is enough
 def test_train_with_sample_every_zero_writes_no_grids(tmp_path):
     workdir = str(tmp_path / "run")
     flags = [f for f in TINY if not f.startswith("--sample_every")]
@@ -139,6 +140,7 @@ def test_train_with_sample_every_zero_writes_no_grids(tmp_path):
     assert not os.path.isdir(samples) or not os.listdir(samples)
 
 
+@pytest.mark.one_backend("tensorflow")  # its default compiles (XLA); samplers' compiled = uncompiled is tested per backend
 def test_sample_app_is_reproducible_from_a_noise_file_compiled_or_not(tiny_teacher, tmp_path):
     from keras_pd import checkpoint as ckpt
 

@@ -111,12 +111,15 @@ def test_global_batch_must_split_over_replicas():
     assert engine.check_batch_size(8) == 8
 
 
-def test_one_device_tensorflow_compiles_with_xla_others_keep_keras_default():
+def test_one_device_tensorflow_compiles_long_runs_with_xla_others_keep_keras_default():
     engine = distribute.Engine("none")
-    expected = True if keras.backend.backend() == "tensorflow" else "auto"
-    assert engine.jit_compile() == expected
+    tf = keras.backend.backend() == "tensorflow"
+    long_run, short_run = distribute.XLA_MIN_UPDATES, distribute.XLA_MIN_UPDATES - 1
+    assert engine.jit_compile() == (True if tf else "auto")
+    assert engine.jit_compile(long_run) == (True if tf else "auto")
+    assert engine.jit_compile(short_run) == (False if tf else "auto")
     engine.strategy = object()  # under a tf.distribute strategy Keras' "auto" stays
-    assert engine.jit_compile() == "auto"
+    assert engine.jit_compile(long_run) == "auto"
 
 
 def _perturbed_teacher(policy):

@@ -341,6 +341,7 @@ def test_litert_sample_tool_runs_without_tensorflow(litert_f32, reference, tmp_p
     assert np.abs(samples[:2] - reference[1]).max() < PARITY
 
 
+@pytest.mark.one_backend("torch")  # the app's flags and messages; export itself is tested per backend above
 @pytest.mark.slow
 def test_app_exports_or_explains(run_dir, tmp_path):
     out = tmp_path / "app.tflite"

@@ -684,6 +684,7 @@ def test_killed_and_resumed_teacher_is_bit_identical(teacher, tmp_path, monkeypa
     _assert_same_run(teacher, resumed)
 
 
+@pytest.mark.one_backend("torch")  # the folder stream is backend-free; resume is checked per backend above
 @pytest.mark.slow
 def test_killed_and_resumed_teacher_on_a_streamed_folder_is_bit_identical(
         tmp_path, monkeypatch, no_sample_grids):

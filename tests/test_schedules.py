@@ -206,6 +206,7 @@ def test_flow_teacher_with_flow_parameterization_trains_and_samples(tmp_path):
     assert np.isfinite(out).all() and np.abs(out).max() <= 1.0
 
 
+@pytest.mark.one_backend("torch")  # card and resume logic; the schedules' math runs per backend above
 def test_teacher_on_a_configured_schedule_resumes_and_a_name_equals_its_default(tmp_path):
     """A schedule given as a config (what apps.train passes) is the card's; a run started as
     "cosine" resumes under the default cosine's config, and one with another shift is refused."""
