@@ -28,7 +28,6 @@ TensorFlow is imported lazily, inside the functions that need it, through
 `keras_pd.tf_adapter` (after Keras, quietly).
 """
 
-import json
 import os
 import shutil
 import tempfile

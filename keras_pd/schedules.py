@@ -19,7 +19,6 @@ coordinates is exactly the Euler step of the flow's ODE.
 import inspect
 import math
 
-import keras
 import numpy as np
 from keras import ops
 

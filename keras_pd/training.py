@@ -19,7 +19,7 @@ from keras_pd.networks import make_network
 from keras_pd.networks.presets import get_preset
 from keras_pd.parameterization import check_parameterization, output_channels
 from keras_pd.runs import make_optimizer, resume_and_fit
-from keras_pd.schedules import SCHEDULES, get_schedule
+from keras_pd.schedules import get_schedule
 from keras_pd.weighting import check_weighting
 
 # Per-dataset defaults: what a user gets when leaving --preset and sizes unset.

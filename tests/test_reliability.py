@@ -24,7 +24,6 @@ from keras_pd.data import BatchStream, load_dataset
 from keras_pd.cascade import DistillConfig, distill, plan
 from keras_pd.distillation import DistillationModel, copy_model
 from keras_pd.generate import generate
-from keras_pd.nonfinite import skip_nonfinite_updates
 from keras_pd.runs import make_optimizer
 from keras_pd.training import TrainConfig, build_teacher, train
 

@@ -46,3 +46,45 @@ def fit_ms(model, stream, steps, epochs):
     model.fit(stream, steps_per_epoch=steps, epochs=1 + epochs, verbose=0, callbacks=[Timer()])
     return (1000 * statistics.median(wall[1:]), 1000 * statistics.median(cpu[1:]),
             [1000 * t for t in wall])
+
+
+def backend_env(backend, threads=None):
+    """The environment of a worker subprocess on `backend`: KERAS_BACKEND set, and on torch
+    OMP_NUM_THREADS=threads (when given), so that its intra-op pool matches the cores timed."""
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    if backend == "torch" and threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def digits_teacher(preset, batch=128, dataset="digits", seed=0, threads=None):
+    """The teacher `apps.train` builds for (dataset, preset), seeded and not yet compiled, with
+    torch's intra-op threads set to `threads` (when given). Returns (model, data, config)."""
+    import keras
+
+    if threads and keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    from keras_pd.data import load_dataset
+    from keras_pd.training import TrainConfig, build_teacher
+
+    keras.utils.set_random_seed(seed)
+    data = load_dataset(dataset, seed=seed)
+    cfg = TrainConfig(dataset=dataset, preset=preset, batch_size=batch, seed=seed).resolved()
+    return build_teacher(cfg, data), data, cfg
+
+
+def teacher_optimizer(cfg):
+    """The optimizer teacher training uses for config `cfg` (Adam, warmup, EMA, clipping)."""
+    from keras_pd.runs import make_optimizer
+
+    return make_optimizer(cfg.learning_rate, cfg.warmup_steps, ema_decay=cfg.ema_decay,
+                          grad_clip=cfg.grad_clip)
+
+
+def batches(data, batch, seed=0):
+    """An endless generator of training batches of `data` (the one `fit` gets in training)."""
+    from keras_pd.data import BatchStream
+
+    return BatchStream(data.x, None, batch, seed=seed).generator()

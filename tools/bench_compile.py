@@ -17,7 +17,8 @@ import json
 import os
 import sys
 
-from bench_common import fit_ms, run_worker, write_report
+from bench_common import (backend_env, batches, digits_teacher, fit_ms, run_worker,
+                          teacher_optimizer, write_report)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,27 +30,15 @@ BATCH = 128
 def worker(args):
     import keras
 
-    backend = keras.backend.backend()
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(args.cpus)
-    from keras_pd.data import BatchStream, load_dataset
     from keras_pd.replicas import MAX_STEPS_PER_EXECUTION
-    from keras_pd.runs import make_optimizer
-    from keras_pd.training import TrainConfig, build_teacher
 
-    data = load_dataset("digits")
-    cfg = TrainConfig(dataset="digits", preset=args.preset, batch_size=BATCH).resolved()
-    keras.utils.set_random_seed(0)
-    model = build_teacher(cfg, data)
+    model, data, cfg = digits_teacher(args.preset, BATCH, threads=args.cpus)
+    backend = keras.backend.backend()
     jit = {"auto": "auto", "true": True, "false": False}[args.mode]
-    model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
-                                           ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip),
-                  jit_compile=jit)
+    model.compile(optimizer=teacher_optimizer(cfg), jit_compile=jit)
     if backend != "torch":
         model.steps_per_execution = min(MAX_STEPS_PER_EXECUTION, args.steps)
-    stream = BatchStream(data.x, None, BATCH, seed=0).generator()
+    stream = batches(data, BATCH)
     wall, cpu, epochs = fit_ms(model, stream, args.steps, args.epochs)
     return {"backend": backend, "preset": args.preset, "mode": args.mode, "cpus": args.cpus,
             "steps": args.steps, "ms_per_update": wall, "cpu_ms_per_update": cpu,
@@ -83,10 +72,7 @@ def main(argv=None):
                 argv = [sys.executable, os.path.abspath(__file__), "--worker",
                         f"--preset={preset}", f"--mode={mode}", f"--cpus={args.cpus}",
                         f"--steps={args.steps}", f"--epochs={args.epochs}"]
-                env = dict(os.environ, KERAS_BACKEND=backend)
-                if backend == "torch":
-                    env["OMP_NUM_THREADS"] = str(args.cpus)
-                res = run_worker(argv, env, args.timeout)
+                res = run_worker(argv, backend_env(backend, args.cpus), args.timeout)
                 res.update(backend=backend, preset=preset, mode=mode)
                 rows[mode] = res
                 report["runs"].append(res)

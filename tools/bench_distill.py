@@ -41,7 +41,7 @@ import statistics
 import sys
 import time
 
-from bench_common import run_worker
+from bench_common import backend_env, digits_teacher, run_worker, teacher_optimizer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,28 +64,16 @@ def _status(field):
 def _setup(preset, seed=0):
     import keras
 
-    if keras.backend.backend() == "torch":
-        import torch
-
-        torch.set_num_threads(1)
-    from keras_pd.data import load_dataset
-    from keras_pd.training import TrainConfig
-
-    keras.utils.set_random_seed(seed)
-    data = load_dataset("digits", seed=seed)
-    cfg = TrainConfig(dataset="digits", preset=preset, batch_size=SETTINGS[preset]["batch"],
-                      seed=seed).resolved()
+    _, data, cfg = digits_teacher(preset, SETTINGS[preset]["batch"], seed=seed, threads=1)
     keras.ops.convert_to_numpy(keras.ops.ones((2, 2)) + 1.0)  # backend runtime up
     return keras, data, cfg
 
 
 def _teacher_model(cfg, data):
-    from keras_pd.runs import make_optimizer
     from keras_pd.training import build_teacher
 
     model = build_teacher(cfg, data)
-    model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
-                                           ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip))
+    model.compile(optimizer=teacher_optimizer(cfg))
     return model
 
 
@@ -163,13 +151,10 @@ def worker_cost(preset):
             "distill_all": [round(1000 * t, 2) for t in d_times]}
 
 
-def run_worker(backend, argv, timeout):
-    env = dict(os.environ, KERAS_BACKEND=backend, OMP_NUM_THREADS="1" if backend == "torch"
-               else os.environ.get("OMP_NUM_THREADS", ""))
-    if not env["OMP_NUM_THREADS"]:
-        del env["OMP_NUM_THREADS"]
-    return run_worker([sys.executable, os.path.abspath(__file__), "--worker"] + argv, env,
-                      timeout)
+def backend_worker(backend, argv, timeout):
+    """Runs this script's worker on `backend` (torch at one intra-op thread)."""
+    return run_worker([sys.executable, os.path.abspath(__file__), "--worker"] + argv,
+                      backend_env(backend, 1), timeout)
 
 
 def parse_args(argv=None):
@@ -220,7 +205,7 @@ def main(argv=None):
                 if "cost" in what:
                     jobs.append(("cost", ""))
                 for mode, phase in jobs:
-                    r = run_worker(backend, [f"--mode={mode}", f"--preset={preset}",
+                    r = backend_worker(backend, [f"--mode={mode}", f"--preset={preset}",
                                              f"--phase={phase}", f"--epochs={args.epochs}"],
                                    args.timeout)
                     r.update(backend=backend, preset=preset, mode=mode, phase=phase, repeat=rep,

@@ -23,61 +23,34 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-from bench_common import write_report
+from bench_common import (backend_env, batches, digits_teacher, fit_ms, run_worker,
+                          teacher_optimizer, write_report)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def worker(args):
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(args.threads)
-    from keras_pd.data import BatchStream, load_dataset
-    from keras_pd.runs import make_optimizer, steps_per_execution
-    from keras_pd.training import TrainConfig, build_teacher
+    from keras_pd.runs import steps_per_execution
 
     if args.nhwc:  # the UNet channels-last on every backend (its torch default is channels-first)
         from keras_pd.networks import presets
 
         presets.PRESETS[args.preset]["data_format"] = "channels_last"
-    keras.utils.set_random_seed(0)
-    data = load_dataset(args.dataset)
-    cfg = TrainConfig(dataset=args.dataset, preset=args.preset,
-                      batch_size=args.batch).resolved()
-    model = build_teacher(cfg, data)
-    model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
-                                           ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip),
-                  jit_compile=True if args.jit else "auto")
+    model, data, cfg = digits_teacher(args.preset, args.batch, args.dataset,
+                                      threads=args.threads)
+    model.compile(optimizer=teacher_optimizer(cfg), jit_compile=True if args.jit else "auto")
     # What runs.fit_steps does (--spe=0), or a given number of updates per compiled call.
     model.steps_per_execution = args.spe or steps_per_execution(
         0, args.steps * (1 + args.epochs), args.steps)
     if args.unfused:  # back to Keras' own optimizer class (FusedTorchMixin is the first base)
         model.optimizer.__class__ = type(model.optimizer).__bases__[1]
-    wall, cpu = [], []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0, self.c0 = time.perf_counter(), time.process_time()
-
-        def on_epoch_end(self, epoch, logs=None):
-            keras.ops.convert_to_numpy(self.model.trainable_variables[-1])
-            wall.append(1000 * (time.perf_counter() - self.t0) / args.steps)
-            cpu.append(1000 * (time.process_time() - self.c0) / args.steps)
-
-    model.fit(BatchStream(data.x, None, args.batch, seed=0).generator(),
-              steps_per_epoch=args.steps, epochs=1 + args.epochs, verbose=0, callbacks=[Timer()])
-    return {"wall_ms": statistics.median(wall[1:]), "cpu_ms": statistics.median(cpu[1:]),
-            "wall_all": wall, "cpu_all": cpu, "jit_compile": bool(model.jit_compile),
-            "warmup_s": wall[0] * args.steps / 1000}
+    wall, cpu, wall_all = fit_ms(model, batches(data, args.batch), args.steps, args.epochs)
+    return {"wall_ms": wall, "cpu_ms": cpu, "wall_all": wall_all,
+            "jit_compile": bool(model.jit_compile), "warmup_s": wall_all[0] * args.steps / 1000}
 
 
 def main(argv=None):
@@ -117,14 +90,7 @@ def main(argv=None):
             threads = 2 if "2t" in mods else 1
             argv_w += [f"--spe={m[3:]}" for m in mods if m.startswith("spe")]
             argv_w.append(f"--threads={threads}")
-            env = dict(os.environ, KERAS_BACKEND=backend)
-            if backend == "torch":
-                env["OMP_NUM_THREADS"] = str(threads)
-            proc = subprocess.run(argv_w, env=env, capture_output=True, text=True,
-                                  timeout=args.timeout)
-            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            res = (json.loads(lines[-1][7:]) if lines and not proc.returncode
-                   else {"error": (proc.stderr or proc.stdout).strip().splitlines()[-3:]})
+            res = run_worker(argv_w, backend_env(backend, threads), args.timeout)
             res.update(config=config, round=r, loadavg=os.getloadavg()[0])
             report["runs"].append(res)
             print(f"[{time.perf_counter() - start:5.0f}s] {json.dumps(res)}", flush=True)

@@ -34,11 +34,11 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-from bench_common import fit_ms, run_worker, write_report
+from bench_common import (backend_env, batches, digits_teacher, fit_ms, run_worker,
+                          teacher_optimizer, write_report)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,21 +130,10 @@ def worker_peer(args):
 def worker_keras(args):
     import keras
 
-    backend = keras.backend.backend()
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(args.threads)
-    from keras_pd.data import BatchStream, load_dataset
     from keras_pd.distribute import Engine
-    from keras_pd.runs import make_optimizer
-    from keras_pd.training import TrainConfig, build_teacher
     from tools.bench_flops import count_forward_flops
 
-    keras.utils.set_random_seed(0)
-    data = load_dataset("digits")
-    cfg = TrainConfig(dataset="digits", preset="digits", batch_size=BATCH).resolved()
-    model = build_teacher(cfg, data)
+    model, data, cfg = digits_teacher("digits", BATCH, threads=args.threads)
     result = {"params": int(model.count_params()),
               "fwd_flops_analytic": count_forward_flops(model.network)["total"]}
     if args.count_only:  # FLOPs on torch, counted like the peer's
@@ -155,11 +144,9 @@ def worker_keras(args):
             result["fwd_flops_per_example"] = torch_flops(
                 lambda: model.network(z, keras.ops.zeros((1,)), None, training=False))
         return result
-    model.compile(optimizer=make_optimizer(cfg.learning_rate, cfg.warmup_steps,
-                                           ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip),
+    model.compile(optimizer=teacher_optimizer(cfg),
                   jit_compile=Engine("none").jit_compile())  # as training runs compile it
-    ms, cpu_ms, ms_all = fit_ms(model, BatchStream(data.x, None, BATCH, seed=0).generator(),
-                                args.steps, args.epochs)
+    ms, cpu_ms, ms_all = fit_ms(model, batches(data, BATCH), args.steps, args.epochs)
     result.update(ms_per_step=ms, examples_per_s=BATCH / ms * 1000, cpu_ms_per_step=cpu_ms,
                   ms_all=ms_all, keras=keras.__version__)
     return result
@@ -167,7 +154,7 @@ def worker_keras(args):
 
 def run(config, args):
     kind, backend = config.split(":") if ":" in config else (config, "torch")
-    env = dict(os.environ, KERAS_BACKEND=backend)
+    env = backend_env(backend)
     argv = [sys.executable, os.path.abspath(__file__), f"--worker={kind}",
             f"--steps={args.steps}", f"--epochs={args.epochs}", f"--threads={args.threads}",
             f"--cpus={args.cpus}"]

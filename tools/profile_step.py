@@ -26,7 +26,8 @@ import statistics
 import sys
 import time
 
-from bench_common import fit_ms, run_worker, write_report
+from bench_common import (backend_env, batches, digits_teacher, fit_ms, run_worker,
+                          teacher_optimizer, write_report)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,34 +50,23 @@ def _median_ms(fn, steps, epochs):
 def worker(args):
     import keras
 
-    backend = keras.backend.backend()
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(args.cpus)
-    from keras_pd.data import BatchStream, load_dataset
     from keras_pd.distribute import Engine
-    from keras_pd.runs import make_optimizer
-    from keras_pd.training import TrainConfig, build_teacher
 
-    data = load_dataset("digits")
-    cfg = TrainConfig(dataset="digits", preset=args.preset, batch_size=BATCH).resolved()
+    cfg = digits_teacher(args.preset, BATCH, threads=args.cpus)[2]
     optimizers = {
-        "full": lambda: make_optimizer(cfg.learning_rate, cfg.warmup_steps,
-                                       ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip),
+        "full": lambda: teacher_optimizer(cfg),
         "adam": lambda: keras.optimizers.Adam(cfg.learning_rate),
         "sgd": lambda: keras.optimizers.SGD(cfg.learning_rate),
     }
-    result = {"backend": backend, "preset": args.preset, "cpus": args.cpus}
+    result = {"backend": keras.backend.backend(), "preset": args.preset, "cpus": args.cpus}
     for name, make in optimizers.items():  # a fresh model each (JAX keeps compiled state)
-        keras.utils.set_random_seed(0)
-        model = build_teacher(cfg, data)
+        model, data, _ = digits_teacher(args.preset, BATCH)
         result["params"] = int(model.count_params())
         model.compile(optimizer=make(), jit_compile=Engine("none").jit_compile())
-        stream = BatchStream(data.x, None, BATCH, seed=0).generator()
+        stream = batches(data, BATCH)
 
         result[name] = fit_ms(model, stream, args.steps, args.epochs)[:2]
-    if backend == "torch":
+    if result["backend"] == "torch":
         result.update(torch_parts(model, data, args))
     return result
 
@@ -87,7 +77,6 @@ def torch_parts(model, data, args):
     import numpy as np
     import torch
 
-    from keras_pd.data import BatchStream
     from keras_pd.runs import make_optimizer
 
     x = keras.ops.convert_to_tensor(data.x[np.random.default_rng(0).integers(0, len(data.x),
@@ -103,7 +92,7 @@ def torch_parts(model, data, args):
     out = {"forward": _median_ms(forward, args.steps, args.epochs),
            "forward_backward": _median_ms(lambda s: forward(s, True), args.steps, args.epochs)}
     model.compile(optimizer=make_optimizer(1e-4, 100, ema_decay=0.9999, grad_clip=1.0))
-    stream = BatchStream(data.x, None, BATCH, seed=0).generator()
+    stream = batches(data, BATCH)
     model.fit(stream, steps_per_epoch=2, epochs=1, verbose=0)  # warm-up
     n = args.profile_steps
     t0 = time.perf_counter()
@@ -147,10 +136,7 @@ def main(argv=None):
             argv = [sys.executable, os.path.abspath(__file__), "--worker", f"--preset={preset}",
                     f"--cpus={args.cpus}", f"--steps={args.steps}", f"--epochs={args.epochs}",
                     f"--profile_steps={args.profile_steps}", f"--top={args.top}"]
-            env = dict(os.environ, KERAS_BACKEND=backend)
-            if backend == "torch":
-                env["OMP_NUM_THREADS"] = str(args.cpus)
-            res = run_worker(argv, env, args.timeout)
+            res = run_worker(argv, backend_env(backend, args.cpus), args.timeout)
             res.setdefault("backend", backend)
             res.setdefault("preset", preset)
             report["runs"].append(res)
