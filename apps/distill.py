@@ -83,7 +83,7 @@ flags.DEFINE_string("student_preset", None, "The students' network preset (defau
                     "teacher's network), e.g. digits_mlp_quarter: a smaller student, which "
                     "first learns the teacher's denoiser in an initial round.")
 flags.DEFINE_integer("initial_updates", None, "Updates of that initial round (default: "
-                     "--updates_per_round; 8 times that for another network).")
+                     "--updates_per_round; 24 times that for another network).")
 flags.DEFINE_float("initial_learning_rate", None, "Initial rate of that round (default: "
                    "--learning_rate; for another network the teacher's training rate).")
 scale_flags.define()

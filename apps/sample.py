@@ -21,8 +21,9 @@ flags.DEFINE_list("labels", None, "Class-conditional models: one label or one pe
 flags.DEFINE_string("output", "samples", "Output prefix: writes PREFIX.png and PREFIX.npz.")
 flags.DEFINE_float("guidance", None, "Classifier-free guidance weight w (models trained with "
                    "--label_dropout, and guided students).")
-flags.DEFINE_boolean("jit_compile", None, "Compile the sampler. Default: XLA on TensorFlow, jit "
-                     "on JAX, eager on PyTorch; --jit_compile on PyTorch runs torch.compile, "
+flags.DEFINE_boolean("jit_compile", None, "Compile the sampler. Default: on TensorFlow XLA for "
+                     "jobs of 50,000 samples x steps or more (a graph below), jit on JAX, eager "
+                     "on PyTorch; --jit_compile on PyTorch runs torch.compile, "
                      "which pays off for many samples (its one-time cost and speed-up: "
                      "docs/performance.md).")
 FLAGS = flags.FLAGS

@@ -32,7 +32,7 @@ from keras_pd.weighting import check_weighting
 FINAL_ROUNDS_FACTOR = 2
 #: A student of another network starts from scratch: its initial round gets this many rounds'
 #: updates at the teacher's own training rate (measured in docs/results.md, "Smaller students").
-NEW_NETWORK_INITIAL_FACTOR = 8
+NEW_NETWORK_INITIAL_FACTOR = 24
 NEW_NETWORK_INITIAL_RATE = 1e-3
 
 

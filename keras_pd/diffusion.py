@@ -295,7 +295,8 @@ class DiffusionModel(Objective):
             clip: clip x_hat at each step.
             seed: the ancestral sampler's seed.
             jit_compile: how the sampler compiles (`samplers.sampler_jit_compile`): None for
-                the backend's default, True for torch.compile on PyTorch.
+                the backend's default for this call's samples x steps, True for torch.compile
+                on PyTorch.
 
         Returns:
             numpy samples, the shape of `noise`.
@@ -307,7 +308,7 @@ class DiffusionModel(Objective):
         noise = ops.convert_to_tensor(noise, "float32")
         self.check_input(noise, "noise")
         batch = ops.shape(noise)[0]
-        jit_compile = sampler_jit_compile(jit_compile, sampler)
+        jit_compile = sampler_jit_compile(jit_compile, sampler, batch * num_steps)
         # One compiled sampler per (sampler, clip, guided, jit) serves every N and g; the
         # ancestral noise stream is kept per (N, g, seed), as if each had a sampler of its own.
         key = (sampler, bool(clip), guidance is not None, jit_compile)

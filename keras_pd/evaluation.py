@@ -22,6 +22,7 @@ import numpy as np
 from keras_pd import checkpoint as ckpt
 from keras_pd.data import load_dataset, toy2d_log_likelihood, toy2d_mode_coverage
 from keras_pd.images import save_grid_png
+from keras_pd.samplers import sampler_jit_compile
 
 #: Real examples a streamed dataset's metric reference holds at most (the usual 50k of FID).
 REFERENCE_LIMIT = 50000
@@ -105,11 +106,12 @@ class Scorer:
 
 
 def _sample(model, noise, steps, labels, sampler="ddim", gamma=0.0, seed=0, batch=500):
+    jit_compile = sampler_jit_compile(None, sampler, len(noise) * steps)  # the whole cell's
     out = []
     for i in range(0, len(noise), batch):
         out.append(model.sample(noise[i:i + batch], steps, sampler=sampler, gamma=gamma,
                                 labels=None if labels is None else labels[i:i + batch],
-                                seed=seed))
+                                seed=seed, jit_compile=jit_compile))
     return np.concatenate(out)
 
 
@@ -311,9 +313,10 @@ def evaluate_guided(workdir, teacher_dir=None, guided_dir=None, ws=GUIDANCE_WEIG
             if key in cells:
                 continue
             model = model or ckpt.load_model(directory)[0]
+            jit_compile = sampler_jit_compile(None, "ddim", num_samples * steps)
             samples = np.concatenate([
-                model.sample(noise[i:i + 500], steps, labels=labels[i:i + 500], guidance=w)
-                for i in range(0, num_samples, 500)])
+                model.sample(noise[i:i + 500], steps, labels=labels[i:i + 500], guidance=w,
+                             jit_compile=jit_compile) for i in range(0, num_samples, 500)])
             cell = scorer(samples)
             predicted = scorer.classifier.probabilities(samples).argmax(-1)
             cell["label_accuracy"] = float(np.mean(predicted == labels))

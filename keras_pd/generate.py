@@ -7,6 +7,7 @@ import numpy as np
 from keras_pd import checkpoint as ckpt
 from keras_pd.checks import check_positive_int
 from keras_pd.images import save_grid_png
+from keras_pd.samplers import sampler_jit_compile
 from keras_pd.schedules import check_steps
 
 
@@ -91,6 +92,7 @@ def generate(checkpoint, output, steps=None, sampler="ddim", gamma=0.0, num_samp
                          "(needs --class_conditional --label_dropout > 0, or a guided student)")
     if guidance is not None and not 0.0 <= guidance <= 100.0:
         raise ValueError(f"guidance must lie in [0, 100], got {guidance}")
+    jit_compile = sampler_jit_compile(jit_compile, sampler, num * steps)  # the whole job's
     out = []
     for i in range(0, num, batch_size):
         out.append(model.sample(noise[i:i + batch_size], steps, sampler=sampler, gamma=gamma,

@@ -28,11 +28,19 @@ def check_gamma(gamma):
     return float(gamma)
 
 
-def sampler_jit_compile(jit_compile=None, sampler="ddim"):
+#: Samples x steps of one sampling job from which DDIM on TensorFlow compiles with XLA by
+#: default (`sampler_jit_compile`): XLA's compilation costs seconds more than tracing the graph
+#: and saves a fraction of a millisecond per sample-step, so smaller jobs finish sooner in graph
+#: mode (break-even measured in docs/performance.md, "Sampler compilation per backend").
+XLA_MIN_SAMPLE_STEPS = 50_000
+
+
+def sampler_jit_compile(jit_compile=None, sampler="ddim", sample_steps=None):
     """The `compile(jit_compile=...)` setting of a `Sampler`: the user's choice, or the default.
 
     None picks the backend's fastest setting as measured in docs/performance.md ("Sampler
-    compilation per backend"): True for DDIM on TensorFlow, whose default graph runs the loop
+    compilation per backend"): on TensorFlow, True (XLA) for DDIM jobs of at least
+    `XLA_MIN_SAMPLE_STEPS` sample-steps (or of unknown size), whose default graph runs the loop
     op by op while XLA fuses it (one compilation serves every step count); "auto" elsewhere,
     i.e. jax.jit on JAX and eager PyTorch, because torch.compile's first call is long on CPU.
     The ancestral sampler keeps graph mode on TensorFlow: under XLA, TensorFlow's stateless
@@ -42,6 +50,8 @@ def sampler_jit_compile(jit_compile=None, sampler="ddim"):
     Args:
         jit_compile: None, True, False or "auto".
         sampler: "ddim" or "ancestral".
+        sample_steps: the whole job's samples x steps (a job sampled in several calls
+            resolves this once, for all of them); None: unknown.
 
     Returns:
         The value to pass to `Sampler.compile(jit_compile=...)`.
@@ -50,7 +60,8 @@ def sampler_jit_compile(jit_compile=None, sampler="ddim"):
         raise ValueError(f"jit_compile must be True, False, 'auto' or None, got {jit_compile!r}")
     if jit_compile is None:
         tensorflow = keras.backend.backend() == "tensorflow"
-        return True if tensorflow and sampler == "ddim" else "auto"
+        large = sample_steps is None or sample_steps >= XLA_MIN_SAMPLE_STEPS
+        return True if tensorflow and sampler == "ddim" and large else "auto"
     return jit_compile
 
 

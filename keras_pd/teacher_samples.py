@@ -22,6 +22,7 @@ import numpy as np
 from keras_pd import checkpoint as ckpt
 from keras_pd.checks import check_positive_int
 from keras_pd.data import Dataset, DatasetError, load_dataset
+from keras_pd.samplers import sampler_jit_compile
 
 #: Where the cascade's training examples come from: the dataset, the teacher's samples, or both.
 DISTILL_DATA = ("data", "teacher", "mix")
@@ -68,6 +69,7 @@ def draw_teacher_samples(model, count, steps, seed, guidance_range=None,
     ws = None
     if guidance_range is not None:
         ws = np.random.default_rng([seed, 2]).uniform(*guidance_range, count).astype("float32")
+    jit_compile = sampler_jit_compile(None, "ddim", count * steps)  # the whole set's
     out = []
     for i in range(0, count, batch_size):
         chunk = noise[i:i + batch_size]
@@ -76,7 +78,7 @@ def draw_teacher_samples(model, count, steps, seed, guidance_range=None,
             chunk = np.concatenate([chunk, noise[:batch_size - rows]])
         pick = np.arange(i, i + len(chunk)) % count
         x = model.sample(chunk, steps, labels=None if labels is None else labels[pick],
-                         guidance=None if ws is None else ws[pick])
+                         guidance=None if ws is None else ws[pick], jit_compile=jit_compile)
         out.append(x[:rows])
     return np.concatenate(out).astype("float32"), labels
 

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import TOY_TEACHER_STEPS
 from keras_pd import checkpoint as ckpt
 from keras_pd.data import toy2d_log_likelihood, toy2d_mode_coverage
 from keras_pd.diffusion import DiffusionModel
@@ -17,7 +18,7 @@ HERE = os.path.dirname(__file__)
 @pytest.mark.slow
 def test_toy2d_teacher_samples_the_mixture(toy_teacher_dir):
     teacher, card = ckpt.load_model(toy_teacher_dir)
-    assert card["steps_trained"] == 1500 and card["parameterization"] == "x"
+    assert card["steps_trained"] == TOY_TEACHER_STEPS and card["parameterization"] == "x"
     noise = np.random.default_rng(0).standard_normal((2000, 2)).astype("float32")
     samples = teacher.sample(noise, 64)
     ll_samples = toy2d_log_likelihood(samples).mean()
@@ -162,6 +163,22 @@ def test_jit_compiled_sampler_equals_the_uncompiled_one():
         np.testing.assert_allclose(jitted[0], plain, atol=1e-5)
     with pytest.raises(ValueError, match="jit_compile"):
         model.sample(noise, 2, jit_compile="yes")
+
+
+def test_tensorflow_ddim_defaults_to_xla_only_for_jobs_worth_its_compilation():
+    """The default sampler compilation depends on the job's size on TensorFlow only: XLA for
+    DDIM jobs of at least XLA_MIN_SAMPLE_STEPS samples x steps (or of unknown size), the graph
+    below and for the ancestral sampler; Keras' "auto" on the other backends; a choice given
+    is kept."""
+    from keras_pd.samplers import XLA_MIN_SAMPLE_STEPS, sampler_jit_compile
+
+    xla = True if keras.backend.backend() == "tensorflow" else "auto"
+    assert sampler_jit_compile(None, "ddim", XLA_MIN_SAMPLE_STEPS) == xla
+    assert sampler_jit_compile(None, "ddim") == xla
+    assert sampler_jit_compile(None, "ddim", XLA_MIN_SAMPLE_STEPS - 1) == "auto"
+    assert sampler_jit_compile(None, "ancestral", 10 * XLA_MIN_SAMPLE_STEPS) == "auto"
+    assert sampler_jit_compile(False, "ddim", 10 * XLA_MIN_SAMPLE_STEPS) is False
+    assert sampler_jit_compile(True, "ddim", 1) is True
 
 
 @pytest.fixture(scope="module")
