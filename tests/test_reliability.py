@@ -566,7 +566,7 @@ def test_api_bad_input(row, fn, error, message, teacher_copy, tmp_path):
                           "s/student_0002/card.json"}, created
 
 
-@backend_free
+@pytest.mark.one_backend("jax")  # the runtime is backend-free, its in-process export is not
 @pytest.mark.slow
 def test_litert_runtime_refuses_noise_of_the_wrong_shape(teacher, tmp_path):
     from keras_pd import export
