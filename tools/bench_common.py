@@ -88,3 +88,10 @@ def batches(data, batch, seed=0):
     from keras_pd.data import BatchStream
 
     return BatchStream(data.x, None, batch, seed=seed).generator()
+
+
+def serve_worker(worker, args):
+    """The subprocess side of `run_worker`: pins this process to the first `args.cpus` cores,
+    runs worker(args) and prints its JSON as the `RESULT ` line `run_worker` reads."""
+    os.sched_setaffinity(0, set(range(args.cpus)))
+    print("RESULT " + json.dumps(worker(args)), flush=True)

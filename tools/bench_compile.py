@@ -18,7 +18,7 @@ import os
 import sys
 
 from bench_common import (backend_env, batches, digits_teacher, fit_ms, run_worker,
-                          teacher_optimizer, write_report)
+                          serve_worker, teacher_optimizer, write_report)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,8 +60,7 @@ def main(argv=None):
     p.add_argument("--mode", default="false", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        os.sched_setaffinity(0, set(range(args.cpus)))
-        print("RESULT " + json.dumps(worker(args)), flush=True)
+        serve_worker(worker, args)
         return None
     report = {"loadavg_start": os.getloadavg(), "cpus": args.cpus, "batch": BATCH, "runs": []}
     modes = args.modes.split(",")
@@ -78,8 +77,10 @@ def main(argv=None):
                 report["runs"].append(res)
                 print(json.dumps({k: v for k, v in res.items() if k != "epochs_ms"}), flush=True)
                 write_report(args.out, report)
-            base, other = (rows.get(m, {}) for m in modes[:2])
-            if "error" not in base and "error" not in other and len(modes) > 1:
+            if len(modes) < 2:
+                continue
+            base, other = rows[modes[0]], rows[modes[1]]
+            if "error" not in base and "error" not in other:
                 saved = base["ms_per_update"] - other["ms_per_update"]
                 extra = other["start_s"] - base["start_s"]
                 other["break_even_updates"] = (round(1000 * extra / saved) if saved > 0

@@ -27,7 +27,7 @@ import sys
 import time
 
 from bench_common import (backend_env, batches, digits_teacher, fit_ms, run_worker,
-                          teacher_optimizer, write_report)
+                          serve_worker, teacher_optimizer, write_report)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,8 +127,7 @@ def main(argv=None):
     p.add_argument("--preset", default="digits", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        os.sched_setaffinity(0, set(range(args.cpus)))
-        print("RESULT " + json.dumps(worker(args)), flush=True)
+        serve_worker(worker, args)
         return None
     report = {"loadavg_start": os.getloadavg(), "cpus": args.cpus, "batch": BATCH, "runs": []}
     for preset in args.presets.split(","):
