@@ -32,13 +32,21 @@ def group_norm(x, groups, gamma, beta, epsilon, scale=None, shift=None):
     """
     import torch
 
+    # Keras' convolutions on torch return channels-last strides (their kernel is a permuted
+    # view); PyTorch's group-norm kernels are 3-7x slower on that layout than a copy into the
+    # dense one and back (docs/performance.md), so the normalisation runs dense.
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last)
+    x = x.contiguous()
     if scale is None and shift is None:
-        return torch.nn.functional.group_norm(x, groups, gamma, beta, epsilon)
-    x_hat = torch.nn.functional.group_norm(x, groups, None, None, epsilon)
-    view = (1, -1) + (1,) * (x.dim() - 2)
-    gamma, beta = gamma.view(view), beta.view(view)
-    factor = gamma if scale is None else gamma * (1.0 + scale)
-    offset = beta if scale is None else beta * (1.0 + scale)
-    if shift is not None:
-        offset = offset + shift
-    return torch.addcmul(offset, x_hat, factor)
+        out = torch.nn.functional.group_norm(x, groups, gamma, beta, epsilon)
+    else:
+        x_hat = torch.nn.functional.group_norm(x, groups, None, None, epsilon)
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        gamma, beta = gamma.view(view), beta.view(view)
+        factor = gamma if scale is None else gamma * (1.0 + scale)
+        offset = beta if scale is None else beta * (1.0 + scale)
+        if shift is not None:
+            offset = offset + shift
+        out = torch.addcmul(offset, x_hat, factor)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out

@@ -25,6 +25,14 @@ import keras
 _CLASSES = {}
 
 
+def _compiling():
+    """True while torch.compile traces the step: Keras' own update is then compiled (and fused by
+    the compiler), since the fused Adam kernel has no tracing implementation on the CPU."""
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
 class FusedTorchMixin:
     """Mixed into a Keras optimizer's class on the torch backend: fused EMA and clipping."""
 
@@ -33,6 +41,8 @@ class FusedTorchMixin:
 
         if not self.use_ema:
             return
+        if _compiling():
+            return super()._update_model_variables_moving_average(trainable_variables)
         pairs = [(v.value, a.value) for v, a in zip(trainable_variables,
                                                       self._model_variables_moving_average)
                  if a is not None]
@@ -47,7 +57,7 @@ class FusedTorchMixin:
         import torch
 
         values = [v.value for v in variables]
-        if (not self._fused_adam or self.amsgrad
+        if (not self._fused_adam or self.amsgrad or _compiling()
                 or any(v.dtype != torch.float32 for v in values)):
             return super()._parallel_update_step(grads, variables, learning_rate)
         with torch.no_grad():
@@ -67,7 +77,7 @@ class FusedTorchMixin:
         import torch
 
         if not (self.global_clipnorm and self.global_clipnorm > 0) or (
-                self.clipnorm and self.clipnorm > 0):
+                self.clipnorm and self.clipnorm > 0) or _compiling():
             return super()._clip_gradients(grads)
         present = [g for g in grads if g is not None]
         if not present:

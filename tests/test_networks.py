@@ -209,6 +209,33 @@ def test_resblock_with_groupnorm_conditioning_matches_numpy(out_channels, resamp
     assert np.abs(swapped - got).max() > 0.1
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's memory formats")
+@pytest.mark.parametrize("modulated", [False, True])
+def test_torch_group_norm_keeps_a_channels_last_input_in_its_layout(modulated):
+    # What Keras' convolutions on torch return: NCHW with channels-last strides. The fused group
+    # norm (computed dense) gives the numpy result and hands the same layout on.
+    import torch
+
+    from keras_pd import torch_ops
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 4, 64)).astype("float32")  # NHWC
+    gamma, beta = (rng.standard_normal(64).astype("float32") for _ in range(2))
+    scale, shift = (0.3 * rng.standard_normal((3, 64)).astype("float32") for _ in range(2))
+    want = _np_group_norm(x.astype(np.float64), 32, gamma, beta)
+    t = torch.from_numpy(x).permute(0, 3, 1, 2)  # a view: channels-last strides
+    assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    args = (torch.from_numpy(gamma), torch.from_numpy(beta), 1e-6)
+    if modulated:
+        want = want * (1 + scale[:, None, None]) + shift[:, None, None]
+        out = torch_ops.group_norm(t, 32, *args, torch.from_numpy(scale)[:, :, None, None],
+                                   torch.from_numpy(shift)[:, :, None, None])
+    else:
+        out = torch_ops.group_norm(t, 32, *args)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(out.permute(0, 2, 3, 1).numpy(), want, rtol=1e-5, atol=2e-5)
+
+
 def test_class_one_hot_values_and_null_label():
     # Labels 0..K-1 give one-hot rows, the null label K a zero row, for [B] and [B, 1] labels.
     from keras_pd.networks.layers import class_one_hot

@@ -94,3 +94,23 @@ def test_steps_per_execution_divides_every_span():
         assert got == expected, (start, total, every)
         # No compiled call runs past a checkpoint, the start or the end.
         assert every % got == 0 and (total - start) % got == 0 and start % got == 0
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the fused update exists on PyTorch only")
+def test_fused_optimizer_runs_keras_update_while_torch_compile_traces(monkeypatch):
+    # torch.compile cannot trace PyTorch's fused Adam kernel on the CPU (it has no tracing
+    # implementation), so while compiling the fused class runs Keras' own Adam, EMA and
+    # clipping: the same equations.
+    from keras_pd import torch_optimizer
+
+    traced = []
+    monkeypatch.setattr(torch_optimizer, "_compiling", lambda: traced.append(1) or True)
+    steps = [_grads(s, k) for k, s in enumerate([10.0, 0.01, 5.0])]
+    ours = make_optimizer(0.05, ema_decay=0.9, grad_clip=1.0)
+    assert isinstance(ours, FusedTorchMixin)
+    want_w, want_ema = _adam_float64(steps, 0.05, 1.0, 0.9)
+    w, ema = _run(ours, steps)
+    assert len(traced) >= 3 * len(steps)  # Adam, EMA and clipping each asked, every step
+    for a, b, ea, eb in zip(w, want_w, ema, want_ema):
+        np.testing.assert_allclose(a, b, rtol=0, atol=3e-6)
+        np.testing.assert_allclose(ea, eb, rtol=0, atol=3e-6)

@@ -77,33 +77,35 @@ def _digits():
     return load_dataset("digits").x  # [1797, 8, 8, 1] in [-1, 1]
 
 
-def worker_peer(args):
+def peer_training(threads):
+    """The peer's network and one training step of the loop a PyTorch user writes.
+
+    Returns (net, x_all, step, loss_fn): x_all the digits as NCHW, step() one update returning
+    the loss, loss_fn(x) the loss of batch x alone (forward only; for profiling its parts).
+    """
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     x_all = torch.from_numpy(np.ascontiguousarray(_digits().transpose(0, 3, 1, 2)))  # NCHW
     net = peer_unet()
-    params = sum(p.numel() for p in net.parameters())
-    net.eval()
-    with torch.no_grad():
-        flops = torch_flops(lambda: net(x_all[:1], torch.zeros(1)))
-    net.train()
     ema = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-8)
     gen = np.random.default_rng(0)
 
-    def step():
-        idx = torch.from_numpy(gen.integers(0, x_all.shape[0], BATCH))
-        x = x_all[idx]
-        t = torch.rand(BATCH)
+    def loss_fn(x):
+        t = torch.rand(x.shape[0])
         logsnr = -2 * torch.log(torch.tan(math.pi * t * 0.5).clamp_min(1e-6))
         alpha = torch.sigmoid(logsnr).sqrt().view(-1, 1, 1, 1)
         sigma = torch.sigmoid(-logsnr).sqrt().view(-1, 1, 1, 1)
         eps = torch.randn_like(x)
         z = alpha * x + sigma * eps
         out = net(z, t * 1000).sample
-        loss = torch.mean((out - eps) ** 2)
+        return torch.mean((out - eps) ** 2)
+
+    def step():
+        idx = torch.from_numpy(gen.integers(0, x_all.shape[0], BATCH))
+        loss = loss_fn(x_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -111,6 +113,19 @@ def worker_peer(args):
         with torch.no_grad():
             torch._foreach_lerp_(ema, list(net.parameters()), 1 - 0.999)
         return loss
+
+    return net, x_all, step, loss_fn
+
+
+def worker_peer(args):
+    import torch
+
+    net, x_all, step, _ = peer_training(args.threads)
+    params = sum(p.numel() for p in net.parameters())
+    net.eval()
+    with torch.no_grad():
+        flops = torch_flops(lambda: net(x_all[:1], torch.zeros(1)))
+    net.train()
 
     times, cpu = [], []
     for epoch in range(1 + args.epochs):

@@ -16,7 +16,9 @@ and on torch also the eager network alone: "forward" (the loss, as in training) 
 "forward_backward" (its gradients), so that sgd - forward_backward is Keras' train-step
 machinery, and a torch.profiler table of --profile_steps full steps: the top operators by self
 CPU time per step, and the share of the step that no operator accounts for (Python: Keras'
-layer calls, dispatch and variable access).
+layer calls, dispatch and variable access). With the digits preset it first measures the peer
+of tools/bench_peer.py (diffusers' UNet2DModel in a plain PyTorch loop; needs diffusers) the same
+way, so that the two tables compare operator by operator (--peer=0 leaves it out).
 """
 
 import argparse
@@ -26,6 +28,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 from bench_common import (backend_env, batches, digits_teacher, fit_ms, run_worker,
                           serve_worker, teacher_optimizer, write_report)
 
@@ -48,6 +51,8 @@ def _median_ms(fn, steps, epochs):
 
 
 def worker(args):
+    if args.preset == "peer":
+        return peer_worker(args)
     import keras
 
     from keras_pd.distribute import Engine
@@ -74,8 +79,6 @@ def worker(args):
 def torch_parts(model, data, args):
     """The eager network's forward and backward, and a torch.profiler table of full steps."""
     import keras
-    import numpy as np
-    import torch
 
     from keras_pd.runs import make_optimizer
 
@@ -94,21 +97,60 @@ def torch_parts(model, data, args):
     model.compile(optimizer=make_optimizer(1e-4, 100, ema_decay=0.9999, grad_clip=1.0))
     stream = batches(data, BATCH)
     model.fit(stream, steps_per_epoch=2, epochs=1, verbose=0)  # warm-up
+    out["profile"] = _profile_table(
+        lambda n: model.fit(stream, steps_per_epoch=n, epochs=1, verbose=0), args)
+    return out
+
+
+def _profile_table(run, args):
+    """torch.profiler over run(--profile_steps) steps: the top aten operators by self CPU time
+    per step, and the share of the step's wall time that no aten operator accounts for."""
+    import torch
+
     n = args.profile_steps
     t0 = time.perf_counter()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        model.fit(stream, steps_per_epoch=n, epochs=1, verbose=0)
+        run(n)
     wall_ms = 1000 * (time.perf_counter() - t0) / n
     events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
     total_self = sum(e.self_cpu_time_total for e in events) / 1000 / n  # ms per step
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]
-    out["profile"] = {
-        "steps": n, "wall_ms_per_step_profiled": wall_ms,
-        "aten_self_ms_per_step": total_self,
-        "outside_aten_share": max(0.0, 1 - total_self / wall_ms),
-        "top": [{"op": e.key, "calls_per_step": e.count / n,
-                 "self_ms_per_step": e.self_cpu_time_total / 1000 / n,
-                 "share": e.self_cpu_time_total / 1000 / n / wall_ms} for e in top]}
+    return {"steps": n, "wall_ms_per_step_profiled": wall_ms,
+            "aten_self_ms_per_step": total_self,
+            "aten_calls_per_step": sum(e.count for e in events) / n,
+            "outside_aten_share": max(0.0, 1 - total_self / wall_ms),
+            "top": [{"op": e.key, "calls_per_step": e.count / n,
+                     "self_ms_per_step": e.self_cpu_time_total / 1000 / n,
+                     "share": e.self_cpu_time_total / 1000 / n / wall_ms} for e in top]}
+
+
+def peer_worker(args):
+    """The same parts for tools/bench_peer.py's peer: diffusers' UNet2DModel in a plain loop."""
+    import torch
+    from bench_peer import peer_training
+
+    net, x_all, step, loss_fn = peer_training(args.cpus)
+    x = x_all[torch.from_numpy(np.random.default_rng(0).integers(0, len(x_all), BATCH))]
+
+    def forward(steps, backward=False):
+        for _ in range(steps):
+            loss = loss_fn(x)
+            if backward:
+                loss.backward()
+        float(loss.detach())
+
+    def full(steps):
+        for _ in range(steps):
+            loss = step()
+        float(loss.detach())
+
+    out = {"backend": "peer", "preset": "digits", "cpus": args.cpus,
+           "params": sum(p.numel() for p in net.parameters()),
+           "full": _median_ms(full, args.steps, args.epochs),
+           "forward": _median_ms(forward, args.steps, args.epochs),
+           "forward_backward": _median_ms(lambda s: forward(s, True), args.steps, args.epochs)}
+    full(2)
+    out["profile"] = _profile_table(full, args)
     return out
 
 
@@ -122,6 +164,9 @@ def main(argv=None):
     p.add_argument("--profile_steps", type=int, default=5)
     p.add_argument("--top", type=int, default=15, help="operators in the torch table")
     p.add_argument("--timeout", type=int, default=1800)
+    p.add_argument("--peer", type=int, default=1,
+                   help="with the digits preset, also profile tools/bench_peer.py's peer "
+                        "(needs diffusers)")
     p.add_argument("--out", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--preset", default="digits", help=argparse.SUPPRESS)
@@ -130,23 +175,26 @@ def main(argv=None):
         serve_worker(worker, args)
         return None
     report = {"loadavg_start": os.getloadavg(), "cpus": args.cpus, "batch": BATCH, "runs": []}
-    for preset in args.presets.split(","):
-        for backend in args.backends.split(","):
-            argv = [sys.executable, os.path.abspath(__file__), "--worker", f"--preset={preset}",
-                    f"--cpus={args.cpus}", f"--steps={args.steps}", f"--epochs={args.epochs}",
-                    f"--profile_steps={args.profile_steps}", f"--top={args.top}"]
-            res = run_worker(argv, backend_env(backend, args.cpus), args.timeout)
-            res.setdefault("backend", backend)
-            res.setdefault("preset", preset)
-            report["runs"].append(res)
-            print(json.dumps({k: v for k, v in res.items() if k != "profile"}), flush=True)
-            write_report(args.out, report)
+    configs = [(preset, backend) for preset in args.presets.split(",")
+               for backend in args.backends.split(",")]
+    if args.peer and "digits" in args.presets.split(","):
+        configs.insert(0, ("peer", "torch"))
+    for preset, backend in configs:
+        argv = [sys.executable, os.path.abspath(__file__), "--worker", f"--preset={preset}",
+                f"--cpus={args.cpus}", f"--steps={args.steps}", f"--epochs={args.epochs}",
+                f"--profile_steps={args.profile_steps}", f"--top={args.top}"]
+        res = run_worker(argv, backend_env(backend, args.cpus), args.timeout)
+        res.setdefault("backend", backend)
+        res.setdefault("preset", preset)
+        report["runs"].append(res)
+        print(json.dumps({k: v for k, v in res.items() if k != "profile"}), flush=True)
+        write_report(args.out, report)
     report["loadavg_end"] = os.getloadavg()
     for res in report["runs"]:
         if "profile" in res:
             prof = res["profile"]
-            print(f"\n{res['preset']} on torch: {prof['wall_ms_per_step_profiled']:.1f} ms/step "
-                  f"profiled; {100 * prof['outside_aten_share']:.0f}% outside aten operators")
+            print(f"\n{res['preset']} on {res['backend']}: "
+                  f"{prof['wall_ms_per_step_profiled']:.1f} ms/step profiled; {100 * prof['outside_aten_share']:.0f}% outside aten operators")
             for row in prof["top"]:
                 print(f"  {row['op']:<40} {row['calls_per_step']:7.0f} calls "
                       f"{row['self_ms_per_step']:8.2f} ms {100 * row['share']:5.1f}%")
