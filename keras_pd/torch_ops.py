@@ -1,4 +1,5 @@
-"""PyTorch backend only: group normalisation with the time-embedding modulation as two kernels.
+"""PyTorch backend only: convolutions with their bias, and group normalisation with the
+time-embedding modulation as two kernels.
 
 Keras' `GroupNormalization` is written with `keras.ops`: a reshape into groups, `moments`, an
 rsqrt and four broadcast multiply-adds. JAX and TensorFlow (XLA) fuse those into one or two
@@ -50,3 +51,27 @@ def group_norm(x, groups, gamma, beta, epsilon, scale=None, shift=None):
             offset = offset + shift
         out = torch.addcmul(offset, x_hat, factor)
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+def conv2d(x, kernel, bias, padding, dilation_rate):
+    """Stride-1 2-D convolution of a channels-first torch tensor, its bias added in the kernel.
+
+    The kernel is passed as Keras' torch backend passes it (a permuted view of the [kh, kw, in,
+    out] variable), so the result has the layout Keras' own convolution gives; the bias is
+    PyTorch's `conv2d` argument instead of a broadcast add after it (one kernel less, and no
+    `sum` over batch and space in the backward).
+
+    Args:
+        x: torch tensor [B, in, H, W].
+        kernel: torch tensor [kh, kw, in, out].
+        bias: torch tensor [out].
+        padding: "same" or "valid" (Keras' convention; equal to PyTorch's at stride 1).
+        dilation_rate: tuple of two ints.
+
+    Returns:
+        A torch tensor [B, out, H', W'].
+    """
+    import torch
+
+    return torch.nn.functional.conv2d(x, kernel.permute(3, 2, 0, 1), bias,
+                                      padding=padding.lower(), dilation=tuple(dilation_rate))

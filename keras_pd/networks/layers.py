@@ -175,13 +175,23 @@ class LayoutConv2D(keras.layers.Conv2D):
     Keras 3's TensorFlow `ops.add` (used by `Conv2D.call`) turns `x + bias` with a
     (1, C, 1, 1) bias into `tf.nn.bias_add` and picks NHWC whenever `x`'s last axis
     also has size C: a channels-first Conv2D on TensorFlow adds its bias along the
-    width when W == filters. Channels-last calls are Keras' own. Same weights,
-    arguments and names as `keras.layers.Conv2D`.
+    width when W == filters. On PyTorch the stride-1 convolution adds its bias inside
+    the kernel (`torch_ops.conv2d`), as PyTorch's own layers do, instead of a separate
+    add whose backward is a sum over batch and space. Channels-last calls are Keras' own.
+    Same weights, arguments and names as `keras.layers.Conv2D`.
     """
 
     def call(self, inputs):
         if not (self.use_bias and self.data_format == "channels_first"):
             return super().call(inputs)
+        if (keras.backend.backend() == "torch" and self.groups == 1
+                and all(s == 1 for s in self.strides) and self.compute_dtype == "float32"
+                and (self.padding == "valid" or all(k % 2 for k in self.kernel_size))):
+            from keras_pd import torch_ops
+
+            outputs = torch_ops.conv2d(inputs, self.kernel.value, self.bias.value, self.padding,
+                                       self.dilation_rate)
+            return outputs if self.activation is None else self.activation(outputs)
         outputs = self.convolution_op(inputs, self.kernel)
         outputs = outputs + ops.reshape(self.bias, (1, self.filters, 1, 1))
         return outputs if self.activation is None else self.activation(outputs)
