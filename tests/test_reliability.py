@@ -395,10 +395,6 @@ APP_ROWS = [
 
 
 @backend_free
-# The refusals are the apps' own checks (apps/common.py's one error path, before or around any
-# backend work), so the rows are shared among the passes: each backend's pass runs about a third
-# of them, which still catches a backend that adds its own lines to the app's stderr.
-@backend_free
 @pytest.mark.slow
 @pytest.mark.parametrize("row,app,flags,env,message", APP_ROWS, ids=[r[0] for r in APP_ROWS])
 def test_app_bad_input(row, app, flags, env, message, teacher_copy, tmp_path):

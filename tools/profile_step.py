@@ -85,21 +85,28 @@ def torch_parts(model, data, args):
     x = keras.ops.convert_to_tensor(data.x[np.random.default_rng(0).integers(0, len(data.x),
                                                                            BATCH)])
 
-    def forward(steps, backward=False):
-        for _ in range(steps):
-            loss = model.compute_loss(x=x, y=None, y_pred=None, training=True)
-            if backward:
-                loss.backward()  # gradients accumulate; only the time matters here
-        float(loss.detach())
-
-    out = {"forward": _median_ms(forward, args.steps, args.epochs),
-           "forward_backward": _median_ms(lambda s: forward(s, True), args.steps, args.epochs)}
+    out = _forward_parts(lambda: model.compute_loss(x=x, y=None, y_pred=None, training=True),
+                         args)
     model.compile(optimizer=make_optimizer(1e-4, 100, ema_decay=0.9999, grad_clip=1.0))
     stream = batches(data, BATCH)
     model.fit(stream, steps_per_epoch=2, epochs=1, verbose=0)  # warm-up
     out["profile"] = _profile_table(
         lambda n: model.fit(stream, steps_per_epoch=n, epochs=1, verbose=0), args)
     return out
+
+
+def _forward_parts(loss, args):
+    """Median ms of loss() alone ("forward") and with its gradients ("forward_backward")."""
+
+    def forward(steps, backward=False):
+        for _ in range(steps):
+            value = loss()
+            if backward:
+                value.backward()  # gradients accumulate; only the time matters here
+        float(value.detach())
+
+    return {"forward": _median_ms(forward, args.steps, args.epochs),
+            "forward_backward": _median_ms(lambda s: forward(s, True), args.steps, args.epochs)}
 
 
 def _profile_table(run, args):
@@ -132,13 +139,6 @@ def peer_worker(args):
     net, x_all, step, loss_fn = peer_training(args.cpus)
     x = x_all[torch.from_numpy(np.random.default_rng(0).integers(0, len(x_all), BATCH))]
 
-    def forward(steps, backward=False):
-        for _ in range(steps):
-            loss = loss_fn(x)
-            if backward:
-                loss.backward()
-        float(loss.detach())
-
     def full(steps):
         for _ in range(steps):
             loss = step()
@@ -147,8 +147,7 @@ def peer_worker(args):
     out = {"backend": "peer", "preset": "digits", "cpus": args.cpus,
            "params": sum(p.numel() for p in net.parameters()),
            "full": _median_ms(full, args.steps, args.epochs),
-           "forward": _median_ms(forward, args.steps, args.epochs),
-           "forward_backward": _median_ms(lambda s: forward(s, True), args.steps, args.epochs)}
+           **_forward_parts(lambda: loss_fn(x), args)}
     full(2)
     out["profile"] = _profile_table(full, args)
     return out
