@@ -1,5 +1,5 @@
-"""PyTorch backend only: convolutions with their bias, and group normalisation with the
-time-embedding modulation as two kernels.
+"""PyTorch backend only: convolutions with their bias, group normalisation with the
+time-embedding modulation as two kernels, and nearest-neighbour upsampling as one.
 
 Keras' `GroupNormalization` is written with `keras.ops`: a reshape into groups, `moments`, an
 rsqrt and four broadcast multiply-adds. JAX and TensorFlow (XLA) fuse those into one or two
@@ -75,3 +75,21 @@ def conv2d(x, kernel, bias, padding, dilation_rate):
 
     return torch.nn.functional.conv2d(x, kernel.permute(3, 2, 0, 1), bias,
                                       padding=padding.lower(), dilation=tuple(dilation_rate))
+
+
+def upsample_nearest(x):
+    """Nearest-neighbour 2x upsampling of a channels-first torch tensor, as one kernel.
+
+    Equal to repeating every row and column twice (`ops.repeat` on both spatial axes), which
+    the torch backend runs as two `repeat_interleave`s whose backward is an index-add; PyTorch's
+    nearest `interpolate` is one kernel each way (docs/performance.md).
+
+    Args:
+        x: torch tensor [B, C, H, W].
+
+    Returns:
+        A torch tensor [B, C, 2H, 2W].
+    """
+    import torch
+
+    return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")

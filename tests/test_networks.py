@@ -467,3 +467,87 @@ def test_cifar10_preset_param_count():
     # Paper-scale network: 60.0M parameters with this implementation.
     assert 35e6 < net.count_params() < 65e6
     assert net.dropout == 0.2
+
+
+@pytest.mark.parametrize("kind", ["unet", "mlp"])
+def test_dropout_acts_in_training_only_through_every_sublayer_call(kind):
+    # The blocks hand `training` on to their dropout themselves (call_sublayer): in training
+    # two calls draw different masks and leave the inference output; in inference the network
+    # is deterministic. (Perturbed weights: the zero-initialised output layers would hide it.)
+    z, t, _ = _inputs()
+    if kind == "unet":
+        net = _tiny_unet(dropout=0.5)
+    else:
+        net = MLPDenoiser(out_dim=3, width=32, num_blocks=2, emb_dim=16, dropout=0.5)
+    net(z, t)
+    _perturb(net, scale=0.3)
+    inference = _np(net(z, t, training=False))
+    np.testing.assert_array_equal(_np(net(z, t)), inference)
+    first, second = _np(net(z, t, training=True)), _np(net(z, t, training=True))
+    assert np.abs(first - second).max() > 1e-3
+    assert np.abs(first - inference).max() > 1e-3
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch",
+                    reason="the direct sub-layer calls are torch's eager path")
+@pytest.mark.parametrize("kind", ["unet", "mlp"])
+def test_direct_sublayer_calls_equal_keras_layer_calls(kind, monkeypatch):
+    # call_sublayer's direct `layer.call` gives exactly what Keras' `Layer.__call__` gives,
+    # gradients included.
+    import torch
+
+    from keras_pd.networks import layers
+
+    z, t, labels = _inputs()
+    if kind == "unet":
+        net = _tiny_unet(num_classes=3)
+    else:
+        net = MLPDenoiser(out_dim=3, width=32, num_blocks=2, emb_dim=16, num_classes=3)
+    net(z, t, labels)
+    _perturb(net, scale=0.3)
+
+    def outputs_and_grads():
+        out = net(z, t, labels)
+        grads = torch.autograd.grad(out.square().sum(), [v.value for v in net.trainable_weights])
+        return _np(out), [g.numpy() for g in grads]
+
+    direct, taken = layers._eager_torch_float32, []
+    monkeypatch.setattr(layers, "_eager_torch_float32",
+                        lambda layer, args: taken.append(direct(layer, args)) or taken[-1])
+    fast, fast_grads = outputs_and_grads()
+    assert taken and all(taken)  # every sub-layer call took the direct path
+    monkeypatch.setattr(layers, "_eager_torch_float32", lambda layer, args: False)
+    slow, slow_grads = outputs_and_grads()
+    np.testing.assert_array_equal(fast, slow)
+    for a, b in zip(fast_grads, slow_grads):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_nearest_upsampling_and_average_pooling_against_numpy(data_format):
+    # 2x nearest copies every pixel into a 2x2 block; 2x2 average pooling undoes it exactly.
+    from keras_pd.networks.layers import downsample_avg, upsample_nearest
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype("float32")  # NHWC
+    want = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+    if data_format == "channels_first":
+        x, want = x.transpose(0, 3, 1, 2), want.transpose(0, 3, 1, 2)
+    up = _np(upsample_nearest(ops.convert_to_tensor(x), data_format))
+    np.testing.assert_array_equal(up, want)
+    np.testing.assert_allclose(_np(downsample_avg(ops.convert_to_tensor(up), data_format)), x,
+                               rtol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch kernel's gradient")
+def test_torch_upsampling_gradient_sums_each_block():
+    # The gradient of nearest 2x upsampling sums the upstream gradient over each 2x2 block.
+    import torch
+
+    from keras_pd.networks.layers import upsample_nearest
+
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.standard_normal((2, 3, 4, 5)).astype("float32")).requires_grad_()
+    g = rng.standard_normal((2, 3, 8, 10)).astype("float32")
+    upsample_nearest(x, "channels_first").backward(torch.from_numpy(g))
+    want = g.reshape(2, 3, 4, 2, 5, 2).sum(axis=(3, 5))
+    np.testing.assert_allclose(x.grad.numpy(), want, rtol=1e-5, atol=1e-6)

@@ -112,6 +112,48 @@ def num_groups(channels, max_groups=32):
     return groups
 
 
+def call_sublayer(layer, *args, **kwargs):
+    """Calls a built sub-layer: `layer.call(...)` directly on eager torch, `layer(...)` otherwise.
+
+    Keras' `Layer.__call__` converts and casts the inputs, resolves `training` from the call
+    context, attaches masks, opens name and autocast scopes and, on the torch backend, goes on
+    through `torch.nn.Module.__call__` and `Operation.__call__`. JAX and TensorFlow run that
+    Python once, while tracing the step; eager PyTorch runs it on every call of every step, and
+    on the small networks of this library it is a large part of the forward pass
+    (docs/performance.md, "Where the step's time goes"). For a built layer called on float32
+    torch tensors, with a float32 policy, no autocast scope, no activity regulariser and no
+    rematerialisation or quantization, all of it is a no-op and the call goes straight to
+    `layer.call`. Anything else (other backends, symbolic tensors, mixed precision, a mask)
+    takes `layer(...)`.
+
+    `training` is passed as given, not looked up in the call context: callers are layers whose
+    own `training` Keras has resolved, and they pass it on to the sub-layers that use it.
+
+    Args:
+        layer: a built `keras.layers.Layer`.
+        *args, **kwargs: the call's arguments.
+
+    Returns:
+        The layer's output.
+    """
+    if _eager_torch_float32(layer, args):
+        return layer.call(*args, **kwargs)
+    return layer(*args, **kwargs)
+
+
+def _eager_torch_float32(layer, args):
+    if keras.backend.backend() != "torch" or not layer.built:
+        return False
+    import torch
+
+    if (layer.dtype_policy.name != "float32" or keras.src.backend.get_autocast_scope() is not None
+            or layer.activity_regularizer is not None or layer._remat_mode
+            or getattr(layer, "quantization_mode", None) is not None):
+        return False
+    return all(isinstance(a, torch.Tensor) and a.dtype == torch.float32
+               and getattr(a, "_keras_mask", None) is None for a in args)
+
+
 @keras.saving.register_keras_serializable(package="keras_pd")
 class GroupNorm(keras.layers.GroupNormalization):
     """`keras.layers.GroupNormalization`, optionally modulated: `GN(x) * (1 + scale) + shift`.
@@ -237,6 +279,10 @@ def upsample_nearest(x, data_format="channels_last"):
     Returns:
         Tensor [B, 2H, 2W, C] or [B, C, 2H, 2W].
     """
+    if keras.backend.backend() == "torch" and data_format == "channels_first":
+        from keras_pd import torch_ops
+
+        return torch_ops.upsample_nearest(x)
     h_axis, w_axis = _spatial_axes(data_format)
     x = ops.repeat(x, 2, axis=h_axis)
     return ops.repeat(x, 2, axis=w_axis)
@@ -368,20 +414,20 @@ class ResBlock(keras.layers.Layer):
             Tensor [B, H', W', out_channels] (or [B, out_channels, H', W'])
             with H' = 2H ("up"), H/2 ("down") or H.
         """
-        h = ops.silu(self.norm1(x))
+        h = ops.silu(call_sublayer(self.norm1, x))
         h = self._resample(h)
         x = self._resample(x)
-        h = self.conv1(h)
-        emb_out = self.temb_proj(ops.silu(emb))
+        h = call_sublayer(self.conv1, h)
+        emb_out = call_sublayer(self.temb_proj, ops.silu(emb))
         # [B, 2C] -> broadcastable [B, 1, 1, 2C] or [B, 2C, 1, 1]; split on the channels.
         emb_out = ops.reshape(emb_out, feature_shape(-1, 1, 1, 2 * self._out_ch, self._fmt))
         scale, shift = ops.split(emb_out, 2, axis=channel_axis(self._fmt))
-        h = self.norm2(h, scale, shift)
+        h = call_sublayer(self.norm2, h, scale, shift)
         h = ops.silu(h)
-        h = self.drop(h, training=training)
-        h = self.conv2(h)
+        h = call_sublayer(self.drop, h, training=training)
+        h = call_sublayer(self.conv2, h)
         if self.nin_shortcut is not None:
-            x = self.nin_shortcut(x)
+            x = call_sublayer(self.nin_shortcut, x)
         return x + h
 
     def compute_output_shape(self, x_shape, emb_shape=None):
@@ -497,16 +543,17 @@ class AttentionBlock(keras.layers.Layer):
         _, height, width, _ = _split_feature_shape(shape, self._fmt)
         length = height * width
         if channels_first:  # [B, C, H, W] -> [B, C, L] -> [B, L, C]
-            h = ops.transpose(ops.reshape(self.norm(x), (-1, c, length)), (0, 2, 1))
+            h = ops.transpose(ops.reshape(call_sublayer(self.norm, x), (-1, c, length)),
+                              (0, 2, 1))
         else:
-            h = ops.reshape(self.norm(x), (-1, length, c))
-        qkv = self.qkv(h)  # [B, L, 3C]
+            h = ops.reshape(call_sublayer(self.norm, x), (-1, length, c))
+        qkv = call_sublayer(self.qkv, h)  # [B, L, 3C]
         qkv = ops.reshape(qkv, (-1, length, 3 * heads, hd))
         q, k, v = ops.split(qkv, 3, axis=2)  # each [B, L, heads, hd]
         # softmax(q k^T / sqrt(hd)) v per head: the backend's fused kernel where it has one.
         h = ops.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(hd))
         h = ops.reshape(h, (-1, length, c))
-        h = self.proj_out(h)  # [B, L, C]
+        h = call_sublayer(self.proj_out, h)  # [B, L, C]
         if channels_first:
             return x + ops.reshape(ops.transpose(h, (0, 2, 1)), (-1, c, height, width))
         return x + ops.reshape(h, (-1, height, width, c))
@@ -590,7 +637,7 @@ class GuidanceEmbedding(keras.layers.Layer):
     def call(self, w):
         """w [B] -> embedding [B, units]."""
         emb = timestep_embedding(ops.cast(w, "float32") / GUIDANCE_SCALE, self.emb_dim)
-        return self.dense1(ops.silu(self.dense0(emb)))
+        return call_sublayer(self.dense1, ops.silu(call_sublayer(self.dense0, emb)))
 
     def compute_output_shape(self, w_shape):
         return (w_shape[0], self.units)

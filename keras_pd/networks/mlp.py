@@ -15,6 +15,7 @@ from keras import ops
 from keras_pd.networks.layers import (
     KERNEL_INIT,
     GuidanceEmbedding,
+    call_sublayer,
     class_one_hot,
     timestep_embedding,
 )
@@ -71,10 +72,10 @@ class MLPResBlock(keras.layers.Layer):
         Returns:
             Tensor [B, width].
         """
-        h = self.dense1(ops.silu(self.norm1(x)))
-        scale, shift = ops.split(self.emb_proj(ops.silu(emb)), 2, axis=-1)
-        h = ops.silu(self.norm2(h) * (1.0 + scale) + shift)
-        h = self.dense2(self.drop(h, training=training))
+        h = call_sublayer(self.dense1, ops.silu(call_sublayer(self.norm1, x)))
+        scale, shift = ops.split(call_sublayer(self.emb_proj, ops.silu(emb)), 2, axis=-1)
+        h = ops.silu(call_sublayer(self.norm2, h) * (1.0 + scale) + shift)
+        h = call_sublayer(self.dense2, call_sublayer(self.drop, h, training=training))
         return x + h
 
     def compute_output_shape(self, x_shape, emb_shape=None):
@@ -217,22 +218,22 @@ class MLPDenoiser(keras.layers.Layer):
                 f"called on input of shape {tuple(ops.shape(z))}."
             )
         emb = timestep_embedding(t, self.emb_dim)
-        emb = self.temb_dense1(ops.silu(self.temb_dense0(emb)))
+        emb = call_sublayer(self.temb_dense1, ops.silu(call_sublayer(self.temb_dense0, emb)))
         if self.class_emb is not None:
             if labels is None:
                 raise ValueError(
                     f"MLPDenoiser was built with num_classes={self.num_classes}: pass labels."
                 )
-            emb = emb + self.class_emb(class_one_hot(labels, self.num_classes))
+            emb = emb + call_sublayer(self.class_emb, class_one_hot(labels, self.num_classes))
         if self.guidance_emb is not None:
             if guidance is None:
                 raise ValueError("MLPDenoiser was built with guidance=True: pass guidance.")
-            emb = emb + self.guidance_emb(guidance)
+            emb = emb + call_sublayer(self.guidance_emb, guidance)
         h = ops.reshape(z, (-1, math.prod(self._data_shape)))
-        h = self.dense_in(h)
+        h = call_sublayer(self.dense_in, h)
         for block in self.blocks:
-            h = block(h, emb, training=training)
-        h = self.dense_out(ops.silu(self.norm_out(h)))
+            h = call_sublayer(block, h, emb, training=training)
+        h = call_sublayer(self.dense_out, ops.silu(call_sublayer(self.norm_out, h)))
         return ops.reshape(h, (-1,) + self._out_shape)
 
     def compute_output_shape(self, z_shape, t_shape=None, labels_shape=None,

@@ -34,6 +34,7 @@ from keras_pd.networks.layers import (
     AttentionBlock,
     LayoutConv2D,
     ResBlock,
+    call_sublayer,
     feature_shape,
     channel_axis,
     group_norm,
@@ -326,41 +327,42 @@ class UNet(keras.layers.Layer):
         channels_first = self._fmt == "channels_first"
         axis = channel_axis(self._fmt)
         emb = timestep_embedding(t, self.ch)
-        emb = self.temb_dense1(ops.silu(self.temb_dense0(emb)))
+        emb = call_sublayer(self.temb_dense1, ops.silu(call_sublayer(self.temb_dense0, emb)))
         if self.class_emb is not None:
             if labels is None:
                 raise ValueError(
                     f"UNet was built with num_classes={self.num_classes}: pass labels."
                 )
-            emb = emb + self.class_emb(class_one_hot(labels, self.num_classes))
+            emb = emb + call_sublayer(self.class_emb, class_one_hot(labels, self.num_classes))
         if self.guidance_emb is not None:
             if guidance is None:
                 raise ValueError("UNet was built with guidance=True: pass guidance.")
-            emb = emb + self.guidance_emb(guidance)
+            emb = emb + call_sublayer(self.guidance_emb, guidance)
 
         if channels_first:
             z = ops.transpose(z, (0, 3, 1, 2))
-        hs = [self.conv_in(z)]
+        hs = [call_sublayer(self.conv_in, z)]
         for kind, layer in zip(self._down_plan, self.down_layers):
             if kind == "res":
-                hs.append(layer(hs[-1], emb, training=training))
+                hs.append(call_sublayer(layer, hs[-1], emb, training=training))
             else:
-                hs[-1] = layer(hs[-1])
+                hs[-1] = call_sublayer(layer, hs[-1])
 
         h = hs[-1]
-        h = self.mid_block_1(h, emb, training=training)
-        h = self.mid_attn_1(h)
-        h = self.mid_block_2(h, emb, training=training)
+        h = call_sublayer(self.mid_block_1, h, emb, training=training)
+        h = call_sublayer(self.mid_attn_1, h)
+        h = call_sublayer(self.mid_block_2, h, emb, training=training)
 
         for kind, layer in zip(self._up_plan, self.up_layers):
             if kind == "res_cat":
-                h = layer(ops.concatenate([h, hs.pop()], axis=axis), emb, training=training)
+                h = call_sublayer(layer, ops.concatenate([h, hs.pop()], axis=axis), emb,
+                                  training=training)
             elif kind == "attn":
-                h = layer(h)
+                h = call_sublayer(layer, h)
             else:
-                h = layer(h, emb, training=training)
+                h = call_sublayer(layer, h, emb, training=training)
 
-        h = self.conv_out(ops.silu(self.norm_out(h)))
+        h = call_sublayer(self.conv_out, ops.silu(call_sublayer(self.norm_out, h)))
         if channels_first:
             h = ops.transpose(h, (0, 2, 3, 1))
         return h
