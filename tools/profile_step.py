@@ -12,13 +12,16 @@ It reports the median ms per step (wall and process CPU) of `fit` with
 * "adam": plain Adam (no EMA, no clipping): full - adam is what EMA and clipping cost;
 * "sgd": plain SGD: adam - sgd is what Adam's moments cost;
 
-and on torch also the eager network alone: "forward" (the loss, as in training) and
-"forward_backward" (its gradients), so that sgd - forward_backward is Keras' train-step
-machinery, and a torch.profiler table of --profile_steps full steps: the top operators by self
-CPU time per step, and the share of the step that no operator accounts for (Python: Keras'
-layer calls, dispatch and variable access). With the digits preset it first measures the peer
-of tools/bench_peer.py (diffusers' UNet2DModel in a plain PyTorch loop; needs diffusers) the same
-way, so that the two tables compare operator by operator (--peer=0 leaves it out).
+and on torch, interleaved in one process with the real optimizer: "fit" (the full step
+again), "no_trainer" (the same update written as a plain loop: batch, loss, gradients, the
+optimizer's `apply`; fit - no_trainer is Keras' trainer around the update), "forward_backward"
+(the loss and its gradients on a fixed batch; no_trainer - forward_backward is the optimizer)
+and "forward" (the loss alone); and a torch.profiler table of
+--profile_steps full steps: the top operators by self CPU time per step, and the share of the
+step that no operator accounts for (Python: Keras' layer calls, dispatch and variable access).
+With the digits preset it first measures the peer of tools/bench_peer.py (diffusers'
+UNet2DModel in a plain PyTorch loop; needs diffusers) the same way, so that the two tables
+compare operator by operator (--peer=0 leaves it out).
 """
 
 import argparse
@@ -37,17 +40,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 BATCH = 128
-
-
-def _median_ms(fn, steps, epochs):
-    """Median over `epochs` (after one warm-up) of wall and CPU ms per call of fn(steps)."""
-    wall, cpu = [], []
-    for _ in range(1 + epochs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn(steps)
-        wall.append((time.perf_counter() - t0) / steps)
-        cpu.append((time.process_time() - c0) / steps)
-    return 1000 * statistics.median(wall[1:]), 1000 * statistics.median(cpu[1:])
 
 
 def worker(args):
@@ -77,36 +69,68 @@ def worker(args):
 
 
 def torch_parts(model, data, args):
-    """The eager network's forward and backward, and a torch.profiler table of full steps."""
-    import keras
+    """Our step's parts, interleaved in one process (`_interleaved`), and a torch.profiler
+    table of full steps."""
+    import torch
 
     from keras_pd.runs import make_optimizer
 
-    x = keras.ops.convert_to_tensor(data.x[np.random.default_rng(0).integers(0, len(data.x),
-                                                                           BATCH)])
-
-    out = _forward_parts(lambda: model.compute_loss(x=x, y=None, y_pred=None, training=True),
-                         args)
     model.compile(optimizer=make_optimizer(1e-4, 100, ema_decay=0.9999, grad_clip=1.0))
     stream = batches(data, BATCH)
-    model.fit(stream, steps_per_epoch=2, epochs=1, verbose=0)  # warm-up
+    model.fit(stream, steps_per_epoch=2, epochs=1, verbose=0)  # builds the optimizer
+    weights = model.trainable_weights
+    x = torch.as_tensor(next(stream)[0])
+
+    def loss(batch):
+        return model.compute_loss(x=batch, y=None, y_pred=None, training=True)
+
+    def no_trainer(steps):  # fit's update as the plain loop: batch, loss, gradients, apply
+        for _ in range(steps):
+            grads = torch.autograd.grad(loss(torch.as_tensor(next(stream)[0])),
+                                        [v.value for v in weights])
+            with torch.no_grad():
+                model.optimizer.apply(grads, weights)
+
+    out = _interleaved({
+        "fit": lambda n: model.fit(stream, steps_per_epoch=n, epochs=1, verbose=0),
+        "no_trainer": no_trainer,
+        **_loss_parts(loss, x, [v.value for v in weights])}, args)
     out["profile"] = _profile_table(
         lambda n: model.fit(stream, steps_per_epoch=n, epochs=1, verbose=0), args)
     return out
 
 
-def _forward_parts(loss, args):
-    """Median ms of loss() alone ("forward") and with its gradients ("forward_backward")."""
+def _loss_parts(loss, x, params):
+    """"forward": loss(x) alone; "forward_backward": with its gradients (not accumulated)."""
+    import torch
 
-    def forward(steps, backward=False):
+    def forward(steps):
         for _ in range(steps):
-            value = loss()
-            if backward:
-                value.backward()  # gradients accumulate; only the time matters here
-        float(value.detach())
+            loss(x)
 
-    return {"forward": _median_ms(forward, args.steps, args.epochs),
-            "forward_backward": _median_ms(lambda s: forward(s, True), args.steps, args.epochs)}
+    def forward_backward(steps):
+        for _ in range(steps):
+            torch.autograd.grad(loss(x), params)
+
+    return {"forward": forward, "forward_backward": forward_backward}
+
+
+def _interleaved(parts, args):
+    """{name: fn(steps)} -> {name: [wall ms, CPU ms] per step}: after one warm-up call of each,
+    --epochs rounds that run every part in turn, --steps steps a call; medians over rounds.
+    Interleaving keeps the differences between parts (e.g. fit - no_trainer) clear of this
+    machine's slow and fast phases, which one part timed after another would take in."""
+    times = {name: ([], []) for name in parts}
+    for fn in parts.values():
+        fn(2)
+    for _ in range(args.epochs):
+        for name, fn in parts.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn(args.steps)
+            times[name][0].append((time.perf_counter() - t0) / args.steps)
+            times[name][1].append((time.process_time() - c0) / args.steps)
+    return {name: [1000 * statistics.median(w), 1000 * statistics.median(c)]
+            for name, (w, c) in times.items()}
 
 
 def _profile_table(run, args):
@@ -145,10 +169,9 @@ def peer_worker(args):
         float(loss.detach())
 
     out = {"backend": "peer", "preset": "digits", "cpus": args.cpus,
-           "params": sum(p.numel() for p in net.parameters()),
-           "full": _median_ms(full, args.steps, args.epochs),
-           **_forward_parts(lambda: loss_fn(x), args)}
-    full(2)
+           "params": sum(p.numel() for p in net.parameters())}
+    out.update(_interleaved({"full": full, **_loss_parts(loss_fn, x, list(net.parameters()))},
+                            args))
     out["profile"] = _profile_table(full, args)
     return out
 
