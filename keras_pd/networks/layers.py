@@ -141,13 +141,17 @@ def call_sublayer(layer, *args, **kwargs):
     return layer(*args, **kwargs)
 
 
+# Keras' open autocast scope (not public API): where a Keras version lacks it, no call is direct.
+_autocast_scope = getattr(getattr(keras.src, "backend", None), "get_autocast_scope", None)
+
+
 def _eager_torch_float32(layer, args):
-    if keras.backend.backend() != "torch" or not layer.built:
+    if keras.backend.backend() != "torch" or not layer.built or _autocast_scope is None:
         return False
     import torch
 
-    if (layer.dtype_policy.name != "float32" or keras.src.backend.get_autocast_scope() is not None
-            or layer.activity_regularizer is not None or layer._remat_mode
+    if (layer.dtype_policy.name != "float32" or _autocast_scope() is not None
+            or layer.activity_regularizer is not None or getattr(layer, "_remat_mode", True)
             or getattr(layer, "quantization_mode", None) is not None):
         return False
     return all(isinstance(a, torch.Tensor) and a.dtype == torch.float32
