@@ -1,5 +1,6 @@
 """PyTorch backend only: convolutions with their bias, group normalisation with the
-time-embedding modulation as two kernels, and nearest-neighbour upsampling as one.
+time-embedding modulation as two kernels, nearest-neighbour upsampling as one, and the input
+check of the direct sub-layer calls (`networks.layers.call_sublayer`).
 
 Keras' `GroupNormalization` is written with `keras.ops`: a reshape into groups, `moments`, an
 rsqrt and four broadcast multiply-adds. JAX and TensorFlow (XLA) fuse those into one or two
@@ -93,3 +94,19 @@ def upsample_nearest(x):
     import torch
 
     return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+
+def plain_float32_tensors(args):
+    """Whether every argument is an eager float32 torch tensor without a Keras mask: the
+    inputs for which Keras' `Layer.__call__` converts, casts and masks nothing.
+
+    Args:
+        args: the positional arguments of a layer call.
+
+    Returns:
+        bool.
+    """
+    import torch
+
+    return all(isinstance(a, torch.Tensor) and a.dtype == torch.float32
+               and getattr(a, "_keras_mask", None) is None for a in args)

@@ -30,7 +30,8 @@ def count_forward_flops(network):
     """
     import keras
 
-    from keras_pd.networks.layers import AttentionBlock, resolve_data_format
+    from keras_pd.networks.blocks import AttentionBlock
+    from keras_pd.networks.layers import resolve_data_format
 
     counts = {"conv": 0, "dense": 0, "attention": 0}
     uncounted = []

@@ -91,12 +91,12 @@ def torch_parts(model, data, args):
             with torch.no_grad():
                 model.optimizer.apply(grads, weights)
 
-    out = _interleaved({
-        "fit": lambda n: model.fit(stream, steps_per_epoch=n, epochs=1, verbose=0),
-        "no_trainer": no_trainer,
-        **_loss_parts(loss, x, [v.value for v in weights])}, args)
-    out["profile"] = _profile_table(
-        lambda n: model.fit(stream, steps_per_epoch=n, epochs=1, verbose=0), args)
+    def fit(steps):
+        model.fit(stream, steps_per_epoch=steps, epochs=1, verbose=0)
+
+    out = _interleaved({"fit": fit, "no_trainer": no_trainer,
+                        **_loss_parts(loss, x, [v.value for v in weights])}, args)
+    out["profile"] = _profile_table(fit, args)
     return out
 
 

@@ -27,13 +27,12 @@ and once at exit; the weights are the same in both layouts.
 import keras
 from keras import ops
 
+from keras_pd.networks.blocks import AttentionBlock, ResBlock
 from keras_pd.networks.layers import (
     GuidanceEmbedding,
     class_one_hot,
     KERNEL_INIT,
-    AttentionBlock,
     LayoutConv2D,
-    ResBlock,
     call_sublayer,
     feature_shape,
     channel_axis,
